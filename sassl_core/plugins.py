@@ -1,0 +1,177 @@
+"""Plugin manager: loads the ``sassl`` entry points and fills the registries.
+
+Every plugin, shipped or third-party, is a module named under the ``sassl`` entry-point group.
+Discovery goes through the standard library's :mod:`importlib.metadata` (as pluggy's own
+``load_setuptools_entrypoints`` does). A plugin that fails to import, or whose hook raises, is
+recorded in :attr:`PluginSet.failures` by name and distribution and skipped; the rest keep
+working.
+
+Environment variables:
+
+* ``SASSL_DISABLE_PLUGINS=a,b`` — do not load the plugins named ``a`` and ``b``;
+* ``SASSL_DISABLE_PLUGIN_AUTOLOAD=1`` — load no entry points, only plugins passed in code.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import Any, Callable, Iterable
+
+import pluggy
+from pydantic import BaseModel
+
+from sassl_core import hookspecs
+from sassl_core.errors import UserError
+from sassl_core.registry import KINDS, Component, EmptyOptions, Registry
+
+ENTRY_POINT_GROUP = "sassl"
+
+
+@dataclass
+class PluginInfo:
+    name: str
+    distribution: str
+    version: str
+    components: dict[str, list[str]] = field(default_factory=dict)
+
+
+@dataclass
+class PluginFailure:
+    name: str
+    distribution: str
+    error: str
+
+    def message(self) -> str:
+        return f"plugin '{self.name}' (distribution {self.distribution}) failed: {self.error}"
+
+
+@dataclass
+class PluginSet:
+    """The loaded plugins and the registries they filled."""
+
+    registries: dict[str, Registry]
+    plugins: list[PluginInfo]
+    failures: list[PluginFailure]
+
+    def __getitem__(self, kind: str) -> Registry:
+        return self.registries[kind]
+
+    def summary(self) -> dict[str, Any]:
+        """The object ``sassl plugins --json`` prints."""
+        out: dict[str, Any] = {kind: reg.names() for kind, reg in self.registries.items()}
+        out["plugins"] = [
+            {
+                "name": p.name,
+                "distribution": p.distribution,
+                "version": p.version,
+                "components": p.components,
+            }
+            for p in self.plugins
+        ]
+        out["failed"] = [{"name": f.name, "distribution": f.distribution, "error": f.error} for f in self.failures]
+        return out
+
+
+def _disabled() -> set[str]:
+    raw = os.environ.get("SASSL_DISABLE_PLUGINS", "")
+    return {n.strip() for n in raw.split(",") if n.strip()}
+
+
+def _entry_points() -> Iterable[importlib.metadata.EntryPoint]:
+    return importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)
+
+
+def _describe(error: BaseException) -> str:
+    return f"{type(error).__name__}: {error}".strip()
+
+
+def load_plugins(extra: Iterable[tuple[str, ModuleType | object]] = ()) -> PluginSet:
+    """Load plugins and return the filled registries.
+
+    ``extra`` holds ``(name, module_or_object)`` pairs registered explicitly (tests, lab code);
+    they are loaded even when autoload is disabled.
+    """
+    pm = pluggy.PluginManager(hookspecs.PROJECT)
+    pm.add_hookspecs(hookspecs)
+    disabled = _disabled()
+    plugins: list[PluginInfo] = []
+    failures: list[PluginFailure] = []
+    candidates: list[tuple[str, str, str, Callable[[], object]]] = []
+
+    if os.environ.get("SASSL_DISABLE_PLUGIN_AUTOLOAD", "") not in ("", "0"):
+        entry_points: Iterable[importlib.metadata.EntryPoint] = ()
+    else:
+        entry_points = _entry_points()
+    seen: set[str] = set()
+    for ep in entry_points:
+        if ep.name in seen:  # the same distribution seen twice on sys.path
+            continue
+        seen.add(ep.name)
+        dist = ep.dist.name if ep.dist else "unknown"
+        version = ep.dist.version if ep.dist else "unknown"
+        candidates.append((ep.name, dist, version, ep.load))
+    for name, obj in extra:
+        candidates.append((name, "(registered in code)", "", lambda obj=obj: obj))
+
+    registries = {kind: Registry(kind) for kind in KINDS}
+    for name, dist, version, load in candidates:
+        if name in disabled:
+            continue
+        try:
+            module = load()
+        except Exception as err:  # a broken third-party plugin must not take the others down
+            failures.append(PluginFailure(name, dist, f"import failed: {_describe(err)}"))
+            continue
+        info = PluginInfo(name, dist, version)
+        staged: list[Component] = []
+        try:
+            pm.register(module, name=name)
+            for kind, hook_name in hookspecs.HOOKS.items():
+                impls = [i for i in getattr(pm.hook, hook_name).get_hookimpls() if i.plugin_name == name]
+                for impl in impls:
+                    impl.function(register=_collector(kind, name, staged))
+        except Exception as err:
+            pm.unregister(name=name)
+            failures.append(PluginFailure(name, dist, _describe(err)))
+            continue
+        try:
+            for component in staged:
+                registries[component.kind].check_free(component)
+        except UserError as err:
+            pm.unregister(name=name)
+            failures.append(PluginFailure(name, dist, str(err)))
+            continue
+        for component in staged:
+            registries[component.kind].add(component)
+            info.components.setdefault(component.kind, []).append(component.name)
+        plugins.append(info)
+    return PluginSet(registries, plugins, failures)
+
+
+def _collector(kind: str, plugin: str, staged: list[Component]) -> Callable[..., None]:
+    def register(name: str, factory: Callable[..., Any], options: type[BaseModel] | None = None) -> None:
+        if not isinstance(name, str) or not name:
+            raise UserError(f"plugin '{plugin}' registered a {KINDS[kind]} with an invalid name {name!r}")
+        if not callable(factory):
+            raise UserError(f"plugin '{plugin}' registered {KINDS[kind]} '{name}' with a factory that is not callable")
+        if options is not None and not (isinstance(options, type) and issubclass(options, BaseModel)):
+            raise UserError(
+                f"plugin '{plugin}' registered {KINDS[kind]} '{name}' with options that are not a pydantic model"
+            )
+        staged.append(Component(kind, name, factory, options or EmptyOptions, plugin))
+
+    return register
+
+
+_DEFAULT: PluginSet | None = None
+
+
+def default_plugins() -> PluginSet:
+    """The process-wide plugin set (loaded once, on first use)."""
+    global _DEFAULT
+    if _DEFAULT is None:
+        _DEFAULT = load_plugins()
+    return _DEFAULT

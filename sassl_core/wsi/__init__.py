@@ -1,0 +1,1 @@
+"""Whole-slide data layer: slide reading, tissue detection, tiling, patch index and cache."""

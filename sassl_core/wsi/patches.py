@@ -1,0 +1,136 @@
+"""The patch index: what every dataset plugin produces and every training stage reads.
+
+One row per patch. Coordinates are level-0 pixels of the slide (OpenSlide's convention);
+``level`` and ``read_size`` say which pyramid level to read and how many pixels of it, and
+the patch is resized to ``patch_size`` (the model's input size) after reading.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from sassl_core.errors import UserError
+
+COLUMNS = {
+    "slide": str,  # path of the slide or image file
+    "x": np.int64,  # level-0 x of the patch's top-left corner
+    "y": np.int64,
+    "level": np.int64,  # pyramid level to read from
+    "read_size": np.int64,  # side of the region read at ``level`` (pixels)
+    "source": str,  # stain source: slide id or data provider (paper §3.2, relation matrix R)
+    "slide_id": str,  # slide the patch belongs to (slide-level aggregation)
+    "label": np.int64,  # class label, -1 when unknown
+    "target": np.float64,  # regression target, NaN when unknown
+    "mask": str,  # path of a label mask aligned with ``slide`` ('' when none), class in channel 0
+    "split": str,  # 'train', 'val' or 'test'
+}
+
+
+@dataclass
+class PatchTable:
+    """Column-oriented patch index (numpy arrays of equal length)."""
+
+    columns: dict[str, np.ndarray]
+    patch_size: int
+
+    def __post_init__(self) -> None:
+        missing = set(COLUMNS) - set(self.columns)
+        if missing:
+            raise ValueError(f"patch table lacks columns {sorted(missing)}")
+        lengths = {len(v) for v in self.columns.values()}
+        if len(lengths) > 1:
+            raise ValueError(f"patch table columns differ in length: {sorted(lengths)}")
+        self.columns = {k: np.asarray(self.columns[k], dtype=object if t is str else t) for k, t in COLUMNS.items()}
+
+    @classmethod
+    def from_rows(cls, rows: list[dict], patch_size: int) -> "PatchTable":
+        """Build from dicts; missing optional fields take their 'unknown' value."""
+        defaults = {"label": -1, "target": float("nan"), "mask": "", "split": "train"}
+        cols = {k: [r.get(k, defaults.get(k)) for r in rows] for k in COLUMNS}
+        for k in ("slide_id",):
+            cols[k] = [r.get(k, r.get("source")) for r in rows]
+        return cls(cols, patch_size)
+
+    def __len__(self) -> int:
+        return len(self.columns["x"])
+
+    def __getitem__(self, column: str) -> np.ndarray:
+        return self.columns[column]
+
+    def select(self, keep: np.ndarray) -> "PatchTable":
+        """Rows where the boolean mask ``keep`` holds (or at the given integer indices)."""
+        return PatchTable({k: v[keep] for k, v in self.columns.items()}, self.patch_size)
+
+    def split(self, name: str) -> "PatchTable":
+        return self.select(self.columns["split"] == name)
+
+    def source_ids(self) -> np.ndarray:
+        """Integer id per row of its stain source (stable: sorted source names)."""
+        _, ids = np.unique(self.columns["source"].astype(str), return_inverse=True)
+        return ids.astype(np.int64)
+
+    def save(self, path: Path) -> None:
+        """Write as JSON lines plus a header line (human-readable, diff-able)."""
+        tmp = Path(str(path) + ".tmp")
+        with open(tmp, "w") as fh:
+            fh.write(json.dumps({"patch_size": self.patch_size, "columns": list(COLUMNS)}) + "\n")
+            for i in range(len(self)):
+                row = [_plain(self.columns[k][i]) for k in COLUMNS]
+                fh.write(json.dumps(row) + "\n")
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, path: Path) -> "PatchTable":
+        try:
+            with open(path) as fh:
+                header = json.loads(fh.readline())
+                rows = [json.loads(line) for line in fh if line.strip()]
+            names = header["columns"]
+            cols = {k: [r[i] for r in rows] for i, k in enumerate(names)}
+            return cls(cols, int(header["patch_size"]))
+        except FileNotFoundError:
+            raise UserError(f"{path}: patch index not found") from None
+        except (ValueError, KeyError, IndexError, TypeError) as err:
+            raise UserError(f"{path}: not a sassl patch index ({err})") from None
+
+
+def _plain(value):
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and value != value:
+        return None
+    return value
+
+
+@dataclass
+class DatasetContext:
+    """What the core hands a dataset plugin."""
+
+    root: Path | None  # the user's data root (None: the dataset's default, if it has one)
+    cache_dir: Path  # where the dataset may write derived files (synthetic slides, masks)
+    patch_size: int  # model input side in pixels
+    target_mpp: float = 0.5  # µm per pixel of the patches (20x)
+    fallback_mpp: float | None = None  # used only for slides that carry no resolution
+    max_per_slide: int = 100  # paper: 100 tissue patches per slide
+    tissue_threshold: float = 0.5  # minimum tissue fraction of a kept patch
+    seed: int = 0
+    strict: bool = False  # a bad slide is fatal instead of skipped
+
+
+@dataclass
+class PreparedData:
+    """A dataset ready for training: the patch index and what its labels mean."""
+
+    patches: PatchTable
+    tasks: tuple[str, ...]  # which of 'cls', 'reg', 'seg' the labels support
+    class_names: list[str] = field(default_factory=list)  # for 'cls'
+    seg_classes: int = 2  # number of mask classes for 'seg' (0 = background)
+    skipped: list[str] = field(default_factory=list)  # 'file: reason' of slides left out
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
