@@ -61,7 +61,7 @@ def sassl_register_ssl_methods(register: Register) -> None:
 def sassl_register_backbones(register: Register) -> None:
     """Register encoders.
 
-    ``factory(options) -> torch.nn.Module``: a timm-style model created with ``num_classes=0``
+    ``factory(options, image_size) -> torch.nn.Module``: a timm-style model created with ``num_classes=0``
     (so ``forward`` returns pooled features), with ``num_features`` and a timm
     ``feature_info`` naming the modules whose outputs are the feature levels that the
     residual-learning transfer uses.
