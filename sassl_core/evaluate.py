@@ -1,0 +1,86 @@
+"""Evaluation: predictions on held-out patches and the paper's metrics (§4.2) in ``metrics.json``."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from sassl_core.checkpoint import atomic_write
+from sassl_core.config import RunConfig
+from sassl_core.data import patch_dataset, to_device
+from sassl_core.errors import UserError
+from sassl_core.finetune import TARGET_COLUMN, DownstreamModel
+from sassl_core.runtime import Runtime, autocast
+from sassl_core.wsi.dataset import make_loader
+from sassl_core.wsi.patches import PatchTable, PreparedData
+
+
+@dataclass
+class Predictions:
+    split: str
+    table: PatchTable
+    predictions: np.ndarray  # probabilities (cls), values (reg) or class maps (seg)
+    targets: np.ndarray
+    images: np.ndarray  # a few input patches, for overlays
+
+
+def evaluation_split(table: PatchTable) -> str:
+    for split in ("test", "val"):
+        if (table["split"] == split).any():
+            return split
+    raise UserError("the dataset has no 'test' or 'val' patches to evaluate on")
+
+
+@torch.no_grad()
+def predict(cfg: RunConfig, model: DownstreamModel, prepared: PreparedData, rt: Runtime, keep_images: int = 8) -> Predictions:
+    split = evaluation_split(prepared.patches)
+    kind = model.head.target_kind
+    table = prepared.patches.split(split)
+    if kind == "label":
+        table = table.select(table["label"] >= 0)
+    elif kind == "target":
+        table = table.select(~np.isnan(table["target"].astype(float)))
+    if len(table) == 0:
+        raise UserError(f"no labelled '{split}' patches for task '{cfg.task.name}'")
+    dataset = patch_dataset(cfg, table, with_masks=kind == "mask", quiet=True)
+    order = [list(range(i, min(i + cfg.finetune.batch_size, len(table)))) for i in range(0, len(table), cfg.finetune.batch_size)]
+    model.eval()
+    preds, targets, images = [], [], []
+    for batch in make_loader(dataset, batch_sampler=order, num_workers=cfg.data.num_workers):
+        batch = to_device(batch, rt.device)
+        with autocast(rt.device, cfg.trainer.amp):
+            output = model(batch["image"])
+        preds.append(model.head.predict(output.float()).cpu().numpy())
+        targets.append(batch[TARGET_COLUMN[kind]].cpu().numpy())
+        if sum(len(i) for i in images) < keep_images:
+            images.append(batch["image"].cpu().numpy())
+    return Predictions(split, table, np.concatenate(preds), np.concatenate(targets), np.concatenate(images)[:keep_images])
+
+
+def compute_metrics(cfg: RunConfig, model: DownstreamModel, result: Predictions) -> dict:
+    """``{"task", "split", "metrics", ["slide_metrics"]}`` as written to ``metrics.json``."""
+    sources = result.table["source"].astype(str)
+    out = {
+        "task": cfg.task.name,
+        "split": result.split,
+        "n_patches": int(len(result.table)),
+        "metrics": model.head.metrics(result.predictions, result.targets, sources),
+    }
+    if cfg.task.name == "cls" and cfg.task.slide_aggregation == "mean":
+        slides = result.table["slide_id"].astype(str)
+        names = np.unique(slides)
+        if len(names) < len(slides):  # slide-level labels: mean patch probability per slide
+            probs = np.stack([result.predictions[slides == s].mean(0) for s in names])
+            labels = np.array([result.targets[slides == s][0] for s in names])
+            slide_sources = np.array([sources[slides == s][0] for s in names])
+            out["slide_metrics"] = model.head.metrics(probs, labels, slide_sources)
+            out["n_slides"] = int(len(names))
+    return out
+
+
+def write_metrics(metrics: dict, path: Path) -> None:
+    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(metrics, indent=2) + "\n"))
