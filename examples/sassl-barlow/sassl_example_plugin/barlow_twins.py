@@ -12,6 +12,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from sassl_core.ssl import SSLMethod, SSLOutput
+from sassl_core.ssl.distributed import gather_with_grad
+from sassl_core.ssl.mlp import build_mlp
 
 
 class BarlowTwinsOptions(BaseModel):
@@ -53,31 +55,23 @@ def barlow_twins_loss(z1: torch.Tensor, z2: torch.Tensor, redundancy_weight: flo
     return on_diagonal + redundancy_weight * off_diagonal
 
 
-def projector(in_dim: int, hidden_dim: int, out_dim: int) -> nn.Sequential:
-    """Linear-BN-ReLU, Linear-BN-ReLU, Linear: the Barlow Twins projector (its §3)."""
-    return nn.Sequential(
-        nn.Linear(in_dim, hidden_dim, bias=False),
-        nn.BatchNorm1d(hidden_dim),
-        nn.ReLU(inplace=True),
-        nn.Linear(hidden_dim, hidden_dim, bias=False),
-        nn.BatchNorm1d(hidden_dim),
-        nn.ReLU(inplace=True),
-        nn.Linear(hidden_dim, out_dim, bias=False),
-    )
-
-
 class BarlowTwins(SSLMethod):
-    """Shared encoder and projector for both views; no predictor, no momentum network."""
+    """Shared encoder and projector for both views; no predictor, no momentum network.
+
+    The projector is Linear-BN-ReLU, Linear-BN-ReLU, Linear (Barlow Twins §3). ``C`` is computed
+    over the global batch, so the loss does not change with the number of GPUs.
+    """
 
     def __init__(self, encoder: nn.Module, feature_dim: int, options: BarlowTwinsOptions) -> None:
         super().__init__(encoder)
-        self.projector = projector(feature_dim, options.proj_hidden_dim, options.proj_dim)
+        self.projector = build_mlp(feature_dim, options.proj_hidden_dim, options.proj_dim, num_layers=3)
         self.redundancy_weight = options.redundancy_weight
 
     def forward(self, x1: torch.Tensor, x2: torch.Tensor) -> SSLOutput:
         z1 = self.projector(self.encoder(x1))
         z2 = self.projector(self.encoder(x2))
-        return SSLOutput(barlow_twins_loss(z1, z2, self.redundancy_weight), z1, z2)
+        loss = barlow_twins_loss(gather_with_grad(z1), gather_with_grad(z2), self.redundancy_weight)
+        return SSLOutput(loss, z1, z2)
 
 
 def build_barlow_twins(options: BarlowTwinsOptions, encoder: nn.Module, feature_dim: int) -> BarlowTwins:
