@@ -141,4 +141,6 @@ def pretrain(cfg: RunConfig, plugins: PluginSet, prepared: PreparedData, run_dir
     encoder_path = Path(run_dir) / ENCODER_FILE
     if rt.is_main:
         export_encoder(model.encoder, encoder_path, cfg.backbone.name)
+    if rt.distributed:
+        torch.distributed.barrier()
     return PretrainResult(encoder_path, history)

@@ -1,0 +1,121 @@
+"""Python API: the CLI's stages as functions taking a :class:`RunConfig` (no globals, no CLI).
+
+>>> from sassl_core.api import RunConfig, run
+>>> cfg = RunConfig.model_validate({"pretrain": {"steps": 5}, "finetune": {"steps": 5}})  # doctest: +SKIP
+>>> result = run(cfg)  # doctest: +SKIP
+>>> result.metrics["metrics"]["accuracy"]  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from sassl_core.checkpoint import atomic_write, load_checkpoint
+from sassl_core.config import RunConfig, load_config
+from sassl_core.data import prepare_dataset
+from sassl_core.errors import UserError
+from sassl_core.evaluate import compute_metrics, predict, write_metrics
+from sassl_core.finetune import build_downstream, finetune as finetune_stage, resolve_pretrained
+from sassl_core.plugins import PluginSet, default_plugins
+from sassl_core.pretrain import ENCODER_FILE, pretrain as pretrain_stage
+from sassl_core.report import plot_curves, read_history, task_plot, write_report
+from sassl_core.runtime import Runtime, init_runtime, seed_everything
+from sassl_core.wsi.patches import PreparedData
+
+__all__ = ["RunConfig", "RunResult", "load_config", "pretrain", "finetune", "evaluate", "run"]
+
+RUN_MARKERS = ("config.yaml", "checkpoints", "metrics.json", ENCODER_FILE)
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    metrics: dict | None = None
+    encoder_path: Path | None = None
+
+
+def open_run_dir(cfg: RunConfig, rt: Runtime, stage: str) -> Path:
+    """Create the run folder; refuse one that already holds a run unless resuming/overwriting."""
+    run_dir = Path(cfg.output.dir)
+    held = run_dir.is_dir() and any((run_dir / m).exists() for m in RUN_MARKERS)
+    if held and not (cfg.output.resume or cfg.output.overwrite) and not _continues(run_dir, stage):
+        raise UserError(f"output.dir: {run_dir} already holds a run; pass --resume to continue it or --overwrite to replace it")
+    if held and cfg.output.overwrite and not cfg.output.resume and rt.is_main and stage in ("run", "pretrain"):
+        shutil.rmtree(run_dir)
+    if rt.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write(run_dir / f"config_{stage}.yaml" if stage in ("finetune", "evaluate") else run_dir / "config.yaml",
+                     lambda tmp: Path(tmp).write_text(cfg.to_yaml()))
+    return run_dir
+
+
+def _continues(run_dir: Path, stage: str) -> bool:
+    """Fine-tuning or evaluating inside a pretraining run's folder is the intended workflow."""
+    return stage in ("finetune", "evaluate") and (run_dir / ENCODER_FILE).exists()
+
+
+def _setup(cfg: RunConfig, plugins: PluginSet | None, stage: str) -> tuple[PluginSet, Runtime, Path, PreparedData]:
+    plugins = plugins or default_plugins()
+    rt = init_runtime(cfg.trainer.device)
+    seed_everything(cfg.trainer.seed + rt.rank)
+    run_dir = open_run_dir(cfg, rt, stage)
+    prepared = prepare_dataset(cfg, plugins)
+    return plugins, rt, run_dir, prepared
+
+
+def pretrain(cfg: RunConfig, plugins: PluginSet | None = None) -> RunResult:
+    """Stage 1 alone: writes ``encoder.safetensors`` and the pretraining checkpoint."""
+    plugins, rt, run_dir, prepared = _setup(cfg, plugins, "pretrain")
+    result = pretrain_stage(cfg, plugins, prepared, run_dir, rt)
+    if rt.is_main:
+        plot_curves(result.history, "pretraining", run_dir / "pretrain_curves.png")
+    return RunResult(run_dir, encoder_path=result.encoder_path)
+
+
+def _finetune_and_evaluate(cfg, plugins, rt, run_dir, prepared, pretrained) -> RunResult:
+    result = finetune_stage(cfg, plugins, prepared, run_dir, rt, pretrained)
+    metrics = _evaluate_model(cfg, result.model, prepared, rt, run_dir) if rt.is_main else None
+    return RunResult(run_dir, metrics, pretrained)
+
+
+def _evaluate_model(cfg, model, prepared, rt, run_dir) -> dict:
+    predictions = predict(cfg, model, prepared, rt)
+    metrics = compute_metrics(cfg, model, predictions)
+    write_metrics(metrics, run_dir / "metrics.json")
+    images = [task_plot(predictions, cfg.task.name, prepared.class_names, run_dir)]
+    for stage in ("pretrain", "finetune"):
+        if plot_curves(read_history(run_dir, stage), f"{stage} curves", run_dir / f"{stage}_curves.png"):
+            images.append(f"{stage}_curves.png")
+    write_report(cfg, metrics, run_dir, images)
+    return metrics
+
+
+def finetune(cfg: RunConfig, plugins: PluginSet | None = None) -> RunResult:
+    """Stage 2 from ``finetune.pretrained`` (or this run folder's encoder), then evaluation."""
+    plugins, rt, run_dir, prepared = _setup(cfg, plugins, "finetune")
+    pretrained = resolve_pretrained(cfg.finetune.pretrained or (run_dir if (run_dir / ENCODER_FILE).exists() else None))
+    return _finetune_and_evaluate(cfg, plugins, rt, run_dir, prepared, pretrained)
+
+
+def evaluate(cfg: RunConfig, plugins: PluginSet | None = None) -> RunResult:
+    """Re-evaluate the fine-tuned model saved in ``output.dir``."""
+    plugins, rt, run_dir, prepared = _setup(cfg, plugins, "evaluate")
+    path = run_dir / "checkpoints" / "finetune_last.pt"
+    state = load_checkpoint(path)
+    model = build_downstream(cfg, plugins, prepared, None).to(rt.device)
+    try:
+        model.load_state_dict(state["modules"]["model"])
+    except (KeyError, RuntimeError) as err:
+        raise UserError(f"{path}: does not fit backbone '{cfg.backbone.name}' / task '{cfg.task.name}' ({str(err).splitlines()[0][:160]})") from None
+    return RunResult(run_dir, _evaluate_model(cfg, model, prepared, rt, run_dir))
+
+
+def run(cfg: RunConfig, plugins: PluginSet | None = None) -> RunResult:
+    """The whole job: pretrain → fine-tune → evaluate → report."""
+    plugins, rt, run_dir, prepared = _setup(cfg, plugins, "run")
+    pretrained = None
+    if cfg.pretrain.steps > 0:
+        pretrained = pretrain_stage(cfg, plugins, prepared, run_dir, rt).encoder_path
+    return _finetune_and_evaluate(cfg, plugins, rt, run_dir, prepared, pretrained)
