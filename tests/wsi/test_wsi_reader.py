@@ -1,0 +1,117 @@
+import numpy as np
+import pytest
+import tifffile
+from PIL import Image
+
+from sassl_core.errors import UserError
+from sassl_core.wsi.reader import get_reader, open_slide
+
+
+def test_pyramidal_tiff_opens_through_openslide(blob_slide):
+    with open_slide(blob_slide.path) as reader:
+        assert reader.dimensions == (blob_slide.width, blob_slide.height)
+        assert reader.level_count == 3
+        assert reader.level_dimensions[1] == (blob_slide.width // 2, blob_slide.height // 2)
+        assert reader.level_downsamples == pytest.approx((1.0, 2.0, 4.0))
+        assert reader.mpp == pytest.approx(blob_slide.mpp)
+        assert reader.mpp_source == "file"
+
+
+def test_read_matches_pixels_and_pads_white_outside(blob_slide):
+    image, width, height = blob_slide.image, blob_slide.width, blob_slide.height
+    with open_slide(blob_slide.path) as reader:
+        patch = reader.read(300, 350, 0, 64)
+        assert patch.shape == (64, 64, 3) and patch.dtype == np.uint8
+        # JPEG-compressed: close to, not equal to, the written pixels
+        assert np.abs(patch.astype(int) - image[350:414, 300:364]).mean() < 12
+        corner = reader.read(width - 16, height - 16, 0, 32)
+        assert (corner[16:, :] == 255).all() and (corner[:, 16:] == 255).all()
+        assert corner[:16, :16].mean() < 250  # the image's own (noisy) glass
+        assert (reader.read(0, 0, 1, 16, fill=0) > 0).any()
+
+
+def test_level_read_covers_the_same_area(blob_slide):
+    with open_slide(blob_slide.path) as reader:
+        fine = reader.read(200, 200, 0, 128).astype(float)
+        coarse = reader.read(200, 200, 1, 64).astype(float)
+        shrunk = fine.reshape(64, 2, 64, 2, 3).mean(axis=(1, 3))
+        assert np.abs(coarse - shrunk).mean() < 12
+
+
+def test_thumbnail_keeps_aspect(blob_slide):
+    with open_slide(blob_slide.path) as reader:
+        thumb = reader.thumbnail(256)
+        assert thumb.shape == (192, 256, 3)
+
+
+def test_no_resolution_is_an_error_unless_fallback(no_mpp_slide):
+    with pytest.raises(UserError, match=r"nompp\.tiff: no resolution .*--mpp"):
+        open_slide(no_mpp_slide)
+    reader = open_slide(no_mpp_slide, fallback_mpp=0.5)
+    assert reader.mpp == 0.5 and reader.mpp_source == "fallback"
+    lazy = open_slide(no_mpp_slide, require_mpp=False)
+    with pytest.raises(UserError, match="no resolution"):
+        lazy.mpp
+
+
+def test_objective_power_gives_an_estimate(cmu_slide, monkeypatch):
+    import openslide
+
+    real = openslide.OpenSlide
+
+    class PowerOnly(real):
+        @property
+        def properties(self):
+            props = dict(super().properties)
+            props.pop("openslide.mpp-x"), props.pop("openslide.mpp-y")
+            return props
+
+    monkeypatch.setattr(openslide, "OpenSlide", PowerOnly)
+    reader = open_slide(cmu_slide)
+    assert reader.mpp == pytest.approx(0.5) and reader.mpp_source == "objective-power"
+
+
+def test_plain_images(tmp_path):
+    pixels = np.random.default_rng(0).integers(0, 255, (40, 50, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "patch.png")
+    with pytest.raises(UserError, match="patch.png: no resolution"):
+        open_slide(tmp_path / "patch.png")
+    png = open_slide(tmp_path / "patch.png", fallback_mpp=0.25)
+    assert png.dimensions == (50, 40) and png.level_count == 1
+    assert np.array_equal(png.read(0, 0, 0, 40)[:, :40], pixels[:, :40])
+    assert (png.read(0, 0, 0, 64)[40:] == 255).all()
+    # an untiled TIFF with a centimetre resolution tag (4 px/µm^-1 -> 0.25 µm/px)
+    tifffile.imwrite(tmp_path / "patch.tif", pixels, photometric="rgb", resolution=(40000, 40000), resolutionunit="CENTIMETER")
+    tif = open_slide(tmp_path / "patch.tif")
+    assert tif.mpp == pytest.approx(0.25) and np.array_equal(tif.read(10, 5, 0, 8), pixels[5:13, 10:18])
+    # a 72 dpi default is not a microscope resolution
+    tifffile.imwrite(tmp_path / "dpi.tif", pixels, photometric="rgb", resolution=(72, 72), resolutionunit="INCH")
+    with pytest.raises(UserError, match="no resolution"):
+        open_slide(tmp_path / "dpi.tif")
+
+
+@pytest.mark.parametrize(
+    "name, content, message",
+    [
+        ("missing.svs", None, "missing.svs: file not found"),
+        ("notes.txt", b"hello", "notes.txt: unsupported format"),
+        ("broken.png", b"\x89PNG\r\n\x1a\n" + b"\0" * 20, "broken.png: unreadable image"),
+    ],
+)
+def test_bad_files_name_the_file(tmp_path, name, content, message):
+    if content is not None:
+        (tmp_path / name).write_bytes(content)
+    with pytest.raises(UserError, match=message):
+        open_slide(tmp_path / name, fallback_mpp=0.5)
+
+
+def test_truncated_tiff_is_a_user_error(tmp_path, blob_slide):
+    data = blob_slide.path.read_bytes()
+    (tmp_path / "cut.tiff").write_bytes(data[: len(data) // 3])
+    with pytest.raises(UserError, match="cut.tiff"):
+        reader = open_slide(tmp_path / "cut.tiff")
+        reader.read(0, 0, 0, blob_slide.width)  # some decoders fail only on reading the lost tiles
+
+
+def test_get_reader_reuses_one_handle_per_process(blob_slide):
+    assert get_reader(blob_slide.path) is get_reader(str(blob_slide.path))
