@@ -91,7 +91,7 @@ class OrdinalHead(TaskHead):
         return class_probabilities(output)
 
     def metrics(self, predictions: np.ndarray, targets: np.ndarray, sources: np.ndarray) -> dict:
-        return classification_metrics(predictions, targets, sources)
+        return classification_metrics(predictions, targets, sources, num_classes=self.num_classes)
 
 
 def build_ordinal(options: OrdinalOptions, feature_channels: Sequence[int], num_outputs: int | None) -> OrdinalHead:
