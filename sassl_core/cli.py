@@ -108,6 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("plugins", help="list plugins and their components")
     p.add_argument("--json", action="store_true")
 
+    p = sub.add_parser("doctor", help="versions, devices, plugins and data roots")
+    p.add_argument("roots", nargs="*", type=Path, metavar="DATA_ROOT")
+
     p = sub.add_parser("tile", help="tile slides into a patch index with tissue masks")
     p.add_argument("slides", nargs="+", type=Path, metavar="SLIDE_OR_DIR")
     p.add_argument("--out", type=Path, required=True)
@@ -137,6 +140,14 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     for f in summary["failed"]:
         print(f"FAILED {f['name']} ({f['distribution']}): {f['error']}")
     return 0
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from sassl_core.doctor import report
+
+    lines, ok = report(args.roots)
+    print("\n".join(lines))
+    return 0 if ok else 1
 
 
 def cmd_tile(args: argparse.Namespace) -> int:
@@ -181,7 +192,7 @@ def cmd_stage(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"plugins": cmd_plugins, "tile": cmd_tile}
+COMMANDS = {"plugins": cmd_plugins, "tile": cmd_tile, "doctor": cmd_doctor}
 
 
 def main(argv: list[str] | None = None) -> int:
