@@ -1,0 +1,165 @@
+"""Helpers shared by the dataset plugins: label tables, splits by slide, tiling with skips,
+and per-patch fractions of a label raster."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+
+from sassl_core.errors import UserError
+from sassl_core.wsi.patches import DatasetContext, PatchTable, PreparedData
+from sassl_core.wsi.reader import SlideReader, open_slide
+from sassl_core.wsi.tiling import tile_slide
+from sassl_core.wsi.tissue import TissueMask
+
+Row = dict[str, str]
+
+
+def read_table(path: Path, required: Iterable[str], delimiter: str = ",") -> list[Row]:
+    """Rows of a delimited text file with a header, as dicts with whitespace stripped.
+
+    Raises :class:`UserError` naming the file when it is missing or lacks a ``required`` column.
+    Each row gets ``_line`` (its 1-based line number) for error messages.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: file not found")
+    with open(path, newline="", encoding="utf-8-sig") as fh:
+        reader = csv.DictReader(fh, delimiter=delimiter)
+        header = [h.strip() for h in reader.fieldnames or []]
+        missing = [c for c in required if c not in header]
+        if missing:
+            raise UserError(f"{path}: expected columns {', '.join(missing)}, found {', '.join(header) or 'no header'}")
+        rows = []
+        for line, raw in enumerate(reader, start=2):
+            row = {k.strip(): (v or "").strip() for k, v in raw.items() if k is not None}
+            row["_line"] = str(line)
+            rows.append(row)
+    return rows
+
+
+def split_groups(
+    groups: Iterable[str], fractions: dict[str, float], seed: int, strata: dict[str, str] | None = None
+) -> dict[str, str]:
+    """Assign every group (slide, patient) to ``'train'`` or one of ``fractions``' splits.
+
+    Deterministic in ``seed``: groups are sorted, shuffled per stratum (e.g. per centre or per
+    label, so every stratum is represented in every split), and each split takes
+    ``round(n * fraction)`` groups of a stratum — at least one when its fraction is positive and
+    the stratum has groups to spare — and ``'train'`` keeps the rest.
+    """
+    unique = sorted(set(groups))
+    strata = strata or {}
+    by_stratum: dict[str, list[str]] = {}
+    for g in unique:
+        by_stratum.setdefault(strata.get(g, ""), []).append(g)
+    rng = np.random.default_rng(seed)
+    out: dict[str, str] = {}
+    for key in sorted(by_stratum):
+        members = [by_stratum[key][i] for i in rng.permutation(len(by_stratum[key]))]
+        start = 0
+        for split, fraction in fractions.items():
+            spare = len(members) - start - 1  # keep at least one group for training
+            count = min(max(round(len(members) * fraction), 1 if fraction > 0 else 0), max(spare, 0))
+            for g in members[start : start + count]:
+                out[g] = split
+            start += count
+        for g in members[start:]:
+            out[g] = "train"
+    return out
+
+
+def read_level(reader: SlideReader, max_side: int = 4096) -> tuple[np.ndarray, float]:
+    """The whole of the finest pyramid level no larger than ``max_side`` (else the coarsest):
+    RGB uint8 ``(h, w, 3)`` and its downsample. Pixels are read as stored (no resampling), so
+    label images keep their values."""
+    fits = [lv for lv, (w, h) in enumerate(reader.level_dimensions) if max(w, h) <= max_side]
+    level = min(fits) if fits else reader.level_count - 1
+    w, h = reader.level_dimensions[level]
+    pixels = reader.read(0, 0, level, max(w, h), fill=0)[:h, :w]
+    return pixels, reader.level_downsamples[level]
+
+
+def fraction_map(mask: np.ndarray, downsample: float) -> TissueMask:
+    """Area fractions of a boolean raster (``downsample`` level-0 pixels per raster pixel) over
+    level-0 squares: ``fraction_map(m, d).fraction(x, y, size0)``."""
+    return TissueMask(np.asarray(mask, bool), float(downsample))
+
+
+def patch_extent(row: dict, reader: SlideReader) -> float:
+    """Side in level-0 pixels of a tiled patch row."""
+    return row["read_size"] * reader.level_downsamples[row["level"]]
+
+
+def tile_slides(
+    slides: Iterable[tuple[Path, dict]],
+    context: DatasetContext,
+    label_rows: Callable[[SlideReader, list[dict]], list[dict]] | None = None,
+    tissue: Callable[[SlideReader], TissueMask | None] | None = None,
+    fallback_mpp: float | None = None,
+) -> tuple[list[dict], list[str]]:
+    """Tile each ``(path, fields)`` slide; every patch row gets ``fields`` (source, label, ...).
+
+    ``tissue(reader)`` may supply the tissue mask (e.g. from a label mask) instead of Otsu
+    detection; ``label_rows(reader, rows)`` may label or filter the rows (then at most
+    ``context.max_per_slide`` are kept afterwards). A slide
+    that cannot be read or has no tissue is recorded as ``'file: reason'`` in the returned
+    skipped list, or raised when ``context.strict``.
+    """
+    rows: list[dict] = []
+    skipped: list[str] = []
+    for i, (path, fields) in enumerate(slides):
+        try:
+            with open_slide(path, fallback_mpp=fallback_mpp or context.fallback_mpp) as reader:
+                tiles = tile_slide(
+                    reader,
+                    context.patch_size,
+                    target_mpp=context.target_mpp,
+                    tissue_threshold=context.tissue_threshold,
+                    max_patches=None if label_rows else context.max_per_slide,
+                    seed=context.seed + i,
+                    tissue=tissue(reader) if tissue else None,
+                )
+                tiles = [{**t, **fields} for t in tiles]
+                if label_rows:
+                    tiles = subsample(label_rows(reader, tiles), context.max_per_slide, context.seed + i)
+        except UserError as err:
+            if context.strict:
+                raise
+            skipped.append(str(err))
+            continue
+        rows.extend(tiles)
+    return rows, skipped
+
+
+def subsample(rows: list[dict], k: int | None, seed: int) -> list[dict]:
+    """At most ``k`` of ``rows`` (seeded, order kept)."""
+    if k is None or len(rows) <= k:
+        return rows
+    keep = np.sort(np.random.default_rng(seed).choice(len(rows), size=k, replace=False))
+    return [rows[i] for i in keep]
+
+
+def prepare(
+    rows: list[dict],
+    context: DatasetContext,
+    tasks: tuple[str, ...],
+    skipped: list[str],
+    what: str,
+    class_names: list[str] | None = None,
+    seg_classes: int = 2,
+) -> PreparedData:
+    """Wrap patch rows as :class:`PreparedData`; no patch at all is an error naming ``what``."""
+    if not rows:
+        detail = f" ({len(skipped)} slides skipped: {'; '.join(skipped[:3])})" if skipped else ""
+        raise UserError(f"{what}: no tissue patches found{detail}")
+    return PreparedData(
+        patches=PatchTable.from_rows(rows, context.patch_size),
+        tasks=tasks,
+        class_names=list(class_names or []),
+        seg_classes=seg_classes,
+        skipped=skipped,
+    )
