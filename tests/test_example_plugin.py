@@ -162,7 +162,7 @@ def _levels(batch: int = 5) -> list[torch.Tensor]:
 @pytest.mark.parametrize("num_classes", [2, 3, 6])
 def test_head_probabilities_are_valid(plugin_set, num_classes):
     torch.manual_seed(0)
-    head = plugin_set["task"].create("ordinal", {"hidden_dim": 8}, feature_channels=[4, 16], num_outputs=num_classes)
+    head = plugin_set["task"].create("ordinal", {"hidden_dim": 8, "dropout": 0.2}, feature_channels=[4, 16], num_outputs=num_classes)
     output = head(_levels(), image_size=32)
     assert output.shape == (5, num_classes - 1)
     probs = head.predict(output)
@@ -180,7 +180,7 @@ def test_head_rejects_regression_datasets(plugin_set):
 
 
 def test_head_loss_prefers_near_misses():
-    head = ordinal.OrdinalHead(16, 6, ordinal.OrdinalOptions(hidden_dim=0))
+    head = ordinal.OrdinalHead(16, 6, ordinal.OrdinalOptions(num_layers=1))
     # Logits of P(y > k) for a confident prediction of grade 3.
     predicted_three = torch.tensor([[9.0, 9.0, 9.0, -9.0, -9.0]])
     assert head.predict(predicted_three).argmax(1).item() == 3
@@ -192,7 +192,7 @@ def test_head_loss_prefers_near_misses():
 
 def test_head_learns_an_ordinal_target():
     torch.manual_seed(0)
-    head = ordinal.OrdinalHead(16, 4, ordinal.OrdinalOptions(hidden_dim=0))
+    head = ordinal.OrdinalHead(16, 4, ordinal.OrdinalOptions(num_layers=1))
     features = torch.randn(64, 16, 1, 1)
     labels = (features[:, 0, 0, 0] * 1.5 + 1.5).round().clamp(0, 3).long()
     opt = torch.optim.Adam(head.parameters(), lr=0.05)

@@ -19,6 +19,7 @@ from torch import nn
 
 from sassl_core.errors import UserError
 from sassl_core.metrics import classification_metrics
+from sassl_core.ssl.mlp import build_mlp
 from sassl_core.tasks import TaskHead
 
 
@@ -27,8 +28,9 @@ class OrdinalOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    hidden_dim: int = Field(256, ge=0)  # 0: a linear score on the pooled features
-    dropout: float = Field(0.0, ge=0, lt=1)
+    hidden_dim: int = Field(256, ge=1)
+    num_layers: int = Field(2, ge=1)  # Linear layers of the score MLP; 1: a linear score
+    dropout: float = Field(0.0, ge=0, lt=1)  # on the pooled features
 
 
 def exceedance_targets(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -61,15 +63,8 @@ class OrdinalHead(TaskHead):
     def __init__(self, in_channels: int, num_classes: int, options: OrdinalOptions) -> None:
         super().__init__()
         self.num_classes = num_classes
-        if options.hidden_dim:
-            self.score = nn.Sequential(
-                nn.Linear(in_channels, options.hidden_dim),
-                nn.ReLU(inplace=True),
-                nn.Dropout(options.dropout),
-                nn.Linear(options.hidden_dim, 1),
-            )
-        else:
-            self.score = nn.Sequential(nn.Dropout(options.dropout), nn.Linear(in_channels, 1))
+        self.dropout = nn.Dropout(options.dropout)
+        self.score = build_mlp(in_channels, options.hidden_dim, 1, options.num_layers, batch_norm=False)
         # θ_0 and the gaps θ_{k+1} − θ_k = softplus(g_k) > 0, centred around a score of 0.
         self.first_threshold = nn.Parameter(torch.tensor([-(num_classes - 2) / 2.0]))
         self.threshold_gaps = nn.Parameter(torch.full((num_classes - 2,), 0.5413))  # softplus → 1
@@ -81,7 +76,7 @@ class OrdinalHead(TaskHead):
 
     def forward(self, levels: Sequence[torch.Tensor], image_size: int) -> torch.Tensor:
         pooled = levels[-1].float().mean(dim=(2, 3))
-        return self.score(pooled) - self.thresholds()
+        return self.score(self.dropout(pooled)) - self.thresholds()
 
     def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Mean binary cross-entropy over the ``K − 1`` "grade exceeds k" questions."""
