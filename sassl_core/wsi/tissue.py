@@ -75,14 +75,15 @@ def tissue_from_thumbnail(
     debris); ``max_hole_px``: background holes up to this size inside tissue are filled, larger
     ones (lumens, fat) stay background.
     """
-    rgb = thumbnail.astype(np.float32) / 255.0
-    value = rgb.max(axis=2)
+    r, g, b = (thumbnail[..., c] for c in range(3))  # per-channel planes: fast elementwise reductions
+    value = np.maximum(np.maximum(r, g), b).astype(np.float32) / 255.0
     if method == "saturation":
-        score = np.where(value > 0, (value - rgb.min(axis=2)) / np.maximum(value, 1e-6), 0.0)
-        score = ndimage.gaussian_filter(score, 1.0)
+        low = np.minimum(np.minimum(r, g), b).astype(np.float32) / 255.0
+        score = ndimage.gaussian_filter((value - low) / np.maximum(value, 1e-6), 1.0)
         floor = MIN_SATURATION
     elif method == "luminance":
-        score = 1.0 - ndimage.gaussian_filter(rgb.mean(axis=2), 1.0)
+        grey = (r.astype(np.float32) + g + b) / (3 * 255.0)
+        score = 1.0 - ndimage.gaussian_filter(grey, 1.0)
         floor = 1.0 - MAX_LUMINANCE
     else:
         raise ValueError(f"tissue method: expected 'saturation' or 'luminance', found {method!r}")
