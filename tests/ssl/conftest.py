@@ -1,0 +1,38 @@
+"""Shared pieces of the SSL tests: a tiny encoder and a fixed batch of two views."""
+
+import pytest
+import torch
+from torch import nn
+
+FEATURE_DIM = 16
+
+
+def tiny_encoder() -> nn.Module:
+    """(B, 3, H, W) -> (B, 16) pooled features, with batch norm like a real backbone."""
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, stride=2, padding=1),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.Conv2d(8, FEATURE_DIM, 3, stride=2, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+    )
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny tensors: one intra-op thread is fastest, and immune to a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def views() -> tuple[torch.Tensor, torch.Tensor]:
+    """Eight 32 px images and a second, noisy view of each."""
+    gen = torch.Generator().manual_seed(0)
+    x1 = torch.rand(8, 3, 32, 32, generator=gen)
+    x2 = (x1 + 0.1 * torch.randn(8, 3, 32, 32, generator=gen)).clamp(0, 1)
+    return x1, x2
