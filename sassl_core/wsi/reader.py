@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from abc import ABC, abstractmethod
 from collections import OrderedDict
 from pathlib import Path
@@ -55,6 +56,13 @@ class SlideReader(ABC):
         if self._mpp is None:
             raise UserError(f"{self.path}: no resolution (openslide.mpp-x) in the file; pass --mpp")
         return self._mpp
+
+    def use_fallback_mpp(self, mpp: float) -> None:
+        """Take ``mpp`` as the resolution when the file gives none."""
+        if mpp <= 0:
+            raise UserError(f"--mpp: expected a positive resolution in µm/px, found {mpp}")
+        if self._mpp is None:
+            self._mpp, self.mpp_source = float(mpp), "fallback"
 
     def level_mpp(self, level: int) -> float:
         return self.mpp * self.level_downsamples[level]
@@ -224,38 +232,39 @@ def open_slide(path: str | Path, fallback_mpp: float | None = None, require_mpp:
         raise
     except Exception as err:  # any decoder's failure on a truncated or corrupt file
         raise UserError(f"{path}: unreadable image ({type(err).__name__}: {err})") from None
-    if reader._mpp is None and fallback_mpp is not None:
-        if fallback_mpp <= 0:
-            raise UserError(f"--mpp: expected a positive resolution in µm/px, found {fallback_mpp}")
-        reader._mpp, reader.mpp_source = float(fallback_mpp), "fallback"
+    if fallback_mpp is not None:
+        reader.use_fallback_mpp(fallback_mpp)
     if require_mpp:
         reader.mpp  # noqa: B018 - raises the UserError when no resolution is known
     return reader
 
 
 _READERS: OrderedDict[tuple[int, str], SlideReader] = OrderedDict()
+_READERS_LOCK = threading.Lock()
 MAX_OPEN_READERS = 32
 
 
 def get_reader(path: str | Path, fallback_mpp: float | None = None) -> SlideReader:
     """A reader for ``path`` shared within this process (one handle per process and path).
 
-    Keyed by process id, so DataLoader workers (forked or spawned) each open their own; the
-    least recently used handle is closed beyond ``MAX_OPEN_READERS``. A missing resolution
-    raises only when ``mpp`` is asked for.
+    Keyed by process id, so DataLoader workers (forked or spawned) each open their own; safe
+    to call from threads. Beyond ``MAX_OPEN_READERS`` the least recently used handle is
+    forgotten (OpenSlide closes it once no thread still holds it). A missing resolution raises
+    only when ``mpp`` is asked for.
     """
     key = (os.getpid(), str(path))
-    reader = _READERS.get(key)
-    if reader is None:
-        for stale in [k for k in _READERS if k[0] != key[0]]:
-            del _READERS[stale]  # inherited from the parent process: not ours to use or close
-        reader = _READERS[key] = open_slide(path, fallback_mpp, require_mpp=False)
-        while len(_READERS) > MAX_OPEN_READERS:
-            _READERS.popitem(last=False)[1].close()
-    else:
-        _READERS.move_to_end(key)
-    if reader._mpp is None and fallback_mpp is not None:
-        reader._mpp, reader.mpp_source = float(fallback_mpp), "fallback"
+    with _READERS_LOCK:
+        reader = _READERS.get(key)
+        if reader is None:
+            for stale in [k for k in _READERS if k[0] != key[0]]:
+                del _READERS[stale]  # inherited from the parent process: not ours to use
+            reader = _READERS[key] = open_slide(path, require_mpp=False)
+            while len(_READERS) > MAX_OPEN_READERS:
+                _READERS.popitem(last=False)
+        else:
+            _READERS.move_to_end(key)
+    if fallback_mpp is not None:
+        reader.use_fallback_mpp(fallback_mpp)
     return reader
 
 

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
 import tifffile
@@ -115,3 +117,22 @@ def test_truncated_tiff_is_a_user_error(tmp_path, blob_slide):
 
 def test_get_reader_reuses_one_handle_per_process(blob_slide):
     assert get_reader(blob_slide.path) is get_reader(str(blob_slide.path))
+
+
+def test_get_reader_per_process_and_least_recently_used(tmp_path, blob_slide, monkeypatch):
+    import sassl_core.wsi.reader as reader_module
+
+    first = get_reader(blob_slide.path)
+    monkeypatch.setattr(reader_module.os, "getpid", lambda: -1)  # as if in a forked worker
+    child = get_reader(blob_slide.path)
+    assert child is not first and get_reader(blob_slide.path) is child
+    assert all(pid == -1 for pid, _ in reader_module._READERS)  # the parent's handles are dropped
+
+    monkeypatch.setattr(reader_module, "MAX_OPEN_READERS", 2)
+    for name in "abc":
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / f"{name}.png")
+    a = get_reader(tmp_path / "a.png", fallback_mpp=0.5)
+    get_reader(tmp_path / "b.png")
+    assert get_reader(tmp_path / "a.png") is a and a.mpp == 0.5  # a is now the most recent
+    get_reader(tmp_path / "c.png")  # evicts b
+    assert [Path(p).name for _, p in reader_module._READERS] == ["a.png", "c.png"]
