@@ -14,6 +14,7 @@ from sassl_core.config import RunConfig
 from sassl_core.data import patch_dataset, to_device
 from sassl_core.errors import UserError
 from sassl_core.finetune import TARGET_COLUMN, DownstreamModel
+from sassl_core.metrics import aggregate_by_slide
 from sassl_core.runtime import Runtime, autocast
 from sassl_core.wsi.dataset import make_loader
 from sassl_core.wsi.patches import PatchTable, PreparedData
@@ -72,12 +73,11 @@ def compute_metrics(cfg: RunConfig, model: DownstreamModel, result: Predictions)
     }
     if cfg.task.name == "cls" and cfg.task.slide_aggregation == "mean":
         slides = result.table["slide_id"].astype(str)
-        names = np.unique(slides)
-        if len(names) < len(slides):  # slide-level labels: mean patch probability per slide
-            probs = np.stack([result.predictions[slides == s].mean(0) for s in names])
-            labels = np.array([result.targets[slides == s][0] for s in names])
-            slide_sources = np.array([sources[slides == s][0] for s in names])
-            out["slide_metrics"] = model.head.metrics(probs, labels, slide_sources)
+        names, probs = aggregate_by_slide(slides, result.predictions)
+        first = np.array([np.flatnonzero(slides == s)[0] for s in names])
+        slide_labels = all(len(np.unique(result.targets[slides == s])) == 1 for s in names)
+        if len(names) < len(slides) and slide_labels:  # slide-level labels (PANDA, TCGA)
+            out["slide_metrics"] = model.head.metrics(probs, result.targets[first], sources[first])
             out["n_slides"] = int(len(names))
     return out
 
