@@ -1,0 +1,53 @@
+"""Classification head: pooled fused features -> MLP -> softmax (paper §3.3; PANDA ISUP, TCGA)."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+
+import sassl_core
+from sassl_core.errors import UserError
+from sassl_core.metrics import classification_metrics
+from sassl_plugins.tasks.mlp_head import MLPOptions, PooledMLPHead
+
+
+class ClassificationOptions(MLPOptions):
+    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
+
+
+class ClassificationHead(PooledMLPHead):
+    """Logits ``(B, K)``; cross-entropy loss; softmax probabilities; QWK/accuracy/F1 metrics."""
+
+    target_kind = "label"
+
+    def __init__(self, options: ClassificationOptions, in_channels: int, num_classes: int) -> None:
+        super().__init__(options, in_channels, num_classes)
+        self.num_classes = num_classes
+        self.label_smoothing = options.label_smoothing
+
+    def forward(self, levels: Sequence[torch.Tensor], image_size: int) -> torch.Tensor:
+        return self.raw(levels)
+
+    def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(output, target.long(), label_smoothing=self.label_smoothing)
+
+    def predict(self, output: torch.Tensor) -> torch.Tensor:
+        return output.softmax(dim=1)
+
+    def metrics(self, predictions: np.ndarray, targets: np.ndarray, sources: np.ndarray | None) -> dict:
+        return classification_metrics(predictions, targets, sources, num_classes=self.num_classes)
+
+
+def build(options: ClassificationOptions, feature_channels: list[int], num_outputs: int | None) -> ClassificationHead:
+    if num_outputs is None or num_outputs < 2:
+        raise UserError(f"task 'cls': expected at least 2 classes, found {num_outputs}")
+    return ClassificationHead(options, feature_channels[-1], num_outputs)
+
+
+@sassl_core.hookimpl
+def sassl_register_tasks(register):
+    register("cls", build, ClassificationOptions)

@@ -1,0 +1,47 @@
+"""Regression head: pooled fused features -> MLP -> sigmoid (paper §3.3; BreastPathQ cellularity)."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+import sassl_core
+from sassl_core.metrics import regression_metrics
+from sassl_plugins.tasks.mlp_head import MLPOptions, PooledMLPHead
+
+
+class RegressionOptions(MLPOptions):
+    pass
+
+
+class RegressionHead(PooledMLPHead):
+    """A value in ``[0, 1]`` per image ``(B,)``; MSE loss; MAE/MSE/R² metrics."""
+
+    target_kind = "target"
+
+    def __init__(self, options: RegressionOptions, in_channels: int) -> None:
+        super().__init__(options, in_channels, 1)
+
+    def forward(self, levels: Sequence[torch.Tensor], image_size: int) -> torch.Tensor:
+        return torch.sigmoid(self.raw(levels)).squeeze(1)
+
+    def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return F.mse_loss(output, target.to(output.dtype).reshape(output.shape))
+
+    def predict(self, output: torch.Tensor) -> torch.Tensor:
+        return output
+
+    def metrics(self, predictions: np.ndarray, targets: np.ndarray, sources: np.ndarray | None) -> dict:
+        return regression_metrics(predictions, targets)
+
+
+def build(options: RegressionOptions, feature_channels: list[int], num_outputs: int | None) -> RegressionHead:
+    return RegressionHead(options, feature_channels[-1])
+
+
+@sassl_core.hookimpl
+def sassl_register_tasks(register):
+    register("reg", build, RegressionOptions)
