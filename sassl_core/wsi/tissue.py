@@ -20,10 +20,12 @@ from skimage import filters
 
 from sassl_core.wsi.reader import SlideReader
 
-# Otsu on a slide with almost no tissue splits the background's noise; a threshold below this
-# saturation (or above this grey level for 'luminance') is never accepted.
-MIN_SATURATION = 0.07
-MAX_LUMINANCE = 0.85
+# Otsu's threshold is clipped into a band. Below it: on a slide with almost no tissue Otsu
+# splits the glass's noise. Above it: on an image that is all tissue (a BreastPathQ patch, a
+# tile) Otsu splits pale from dark stain and would drop pale tissue. Glass has a saturation
+# under ~0.05, pale eosin ~0.15 and more; for 'luminance' the band is in 1 - grey level.
+SATURATION_BAND = (0.07, 0.15)
+LUMINANCE_BAND = (0.08, 0.2)
 DARK_VALUE = 0.12  # HSV value below which a pixel is ink or border, not tissue
 
 
@@ -69,7 +71,7 @@ class TissueMask:
 def tissue_from_thumbnail(
     thumbnail: np.ndarray, method: str = "saturation", min_object_px: int = 64, max_hole_px: int = 256
 ) -> np.ndarray:
-    """Boolean tissue mask of an RGB uint8 thumbnail (Otsu, then clean-up).
+    """Boolean tissue mask of an RGB uint8 thumbnail (Otsu clipped into a band, then clean-up).
 
     ``min_object_px``: connected tissue smaller than this (mask pixels) is dropped (dust,
     debris); ``max_hole_px``: background holes up to this size inside tissue are filled, larger
@@ -80,16 +82,16 @@ def tissue_from_thumbnail(
     if method == "saturation":
         low = np.minimum(np.minimum(r, g), b).astype(np.float32) / 255.0
         score = ndimage.gaussian_filter((value - low) / np.maximum(value, 1e-6), 1.0)
-        floor = MIN_SATURATION
+        band = SATURATION_BAND
     elif method == "luminance":
         grey = (r.astype(np.float32) + g + b) / (3 * 255.0)
         score = 1.0 - ndimage.gaussian_filter(grey, 1.0)
-        floor = 1.0 - MAX_LUMINANCE
+        band = LUMINANCE_BAND
     else:
         raise ValueError(f"tissue method: expected 'saturation' or 'luminance', found {method!r}")
     valid = value > DARK_VALUE
     threshold = filters.threshold_otsu(score[valid]) if valid.sum() > 1 and np.ptp(score[valid]) > 0 else 1.0
-    mask = valid & (score > max(threshold, floor))
+    mask = valid & (score > np.clip(threshold, *band))
     mask = mask & ~_small_components(mask, min_object_px, include_border=True)
     return mask | _small_components(~mask, max_hole_px + 1, include_border=False)
 

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -18,6 +20,31 @@ def test_blob_is_tissue_and_glass_and_dust_are_not(blob_slide):
     expected = np.asarray(Image.fromarray(blob_slide.tissue).resize((256, 192), Image.Resampling.NEAREST))
     assert _iou(tissue.mask, expected) > 0.9
     assert not tissue.mask[:, 180:].any()  # right of the blob: glass and dust specks only
+
+
+def test_luminance_method_finds_the_blob_too(blob_slide):
+    with open_slide(blob_slide.path) as reader:
+        tissue = detect_tissue(reader, max_side=256, method="luminance")
+    expected = np.asarray(Image.fromarray(blob_slide.tissue).resize((256, 192), Image.Resampling.NEAREST))
+    assert _iou(tissue.mask, expected) > 0.9
+    with pytest.raises(ValueError, match="tissue method"):
+        tissue_from_thumbnail(np.zeros((8, 8, 3), np.uint8), method="otsu")
+
+
+def test_image_all_tissue_keeps_pale_stain():
+    """Otsu alone would split pale eosin from dark haematoxylin when there is no glass."""
+    thumb = np.empty((64, 64, 3), np.uint8)
+    thumb[:, :32] = (235, 190, 215)  # pale pink, saturation ~0.19
+    thumb[:, 32:] = (120, 60, 150)  # dark purple, saturation 0.6
+    assert tissue_from_thumbnail(thumb).all()
+
+
+def test_real_tile_is_mostly_tissue():
+    path = Path("/work/shared/data/histo.jpg")
+    if not path.is_file():
+        pytest.skip(f"{path} not present")
+    with open_slide(path, fallback_mpp=0.5) as reader:
+        assert detect_tissue(reader).mask.mean() > 0.95
 
 
 def test_blank_glass_has_no_tissue():
