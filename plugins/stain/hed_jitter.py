@@ -1,0 +1,51 @@
+"""Random HED stain augmentation (Tellez et al. 2018) as a stain transform.
+
+The same jitter as the view generator's (:func:`sassl_core.augment.apply_hed_jitter`), with the
+same defaults; useful as a stain-augmentation baseline outside the SSL views.
+"""
+
+from __future__ import annotations
+
+import torch
+from pydantic import BaseModel, ConfigDict
+
+import sassl_core
+from sassl_core.augment import Factors, Probability, Range, ViewOptions, apply_hed_jitter, draw_uniforms
+from sassl_core.stain.transform import StainTransform
+
+_DEFAULTS = ViewOptions()
+
+
+class HEDJitterOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    p: Probability = 1.0
+    scale: Factors = _DEFAULTS.hed_scale
+    shift: Range = _DEFAULTS.hed_shift
+    seed: int | None = None
+
+
+class HEDJitter(StainTransform):
+    """Per image, with probability ``p``: ``hed' = hed * U(scale) + U(shift)`` on H, E and DAB."""
+
+    def __init__(self, options: HEDJitterOptions) -> None:
+        self.options = options
+        self.generator = None if options.seed is None else torch.Generator().manual_seed(options.seed)
+
+    def fit(self, targets) -> "HEDJitter":
+        """Nothing to fit: the jitter is random, not target-driven."""
+        return self
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        opt = self.options
+        u = draw_uniforms(batch.shape[0], 7, batch.device, self.generator)
+        return apply_hed_jitter(batch, u, opt.p, opt.scale, opt.shift)
+
+
+def build(options: HEDJitterOptions) -> HEDJitter:
+    return HEDJitter(options)
+
+
+@sassl_core.hookimpl
+def sassl_register_stain_transforms(register):
+    register("hed_jitter", build, HEDJitterOptions)
