@@ -1,6 +1,5 @@
-"""Fixed multi-level features shaped like resnet18's fused levels at 32 px."""
+"""Helpers for head tests: fixed multi-level features shaped like resnet18's fused levels at 32 px."""
 
-import pytest
 import torch
 
 CHANNELS = [8, 8, 16, 16, 32]
@@ -13,11 +12,6 @@ def make_levels(batch: int, image_size: int = 32, channels=CHANNELS, reductions=
         torch.randn(batch, c, max(image_size // r, 1), max(image_size // r, 1), generator=g)
         for c, r in zip(channels, reductions)
     ]
-
-
-@pytest.fixture
-def levels():
-    return make_levels(8)
 
 
 def fit(head, levels, target, image_size=32, steps=15, lr=1e-2):

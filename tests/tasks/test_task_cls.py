@@ -5,14 +5,15 @@ import pytest
 import timm
 import torch
 
-from conftest import CHANNELS, fit
+from head_helpers import CHANNELS, fit, make_levels
 from sassl_core.errors import UserError
 from sassl_core.plugins import load_plugins
 from sassl_core.transfer import build_dual_encoder
 from sassl_plugins.tasks import cls
 
 
-def test_logits_probs_and_learning(levels):
+def test_logits_probs_and_learning():
+    levels = make_levels(8)
     head = cls.build(cls.ClassificationOptions(hidden_dim=32), CHANNELS, 6)
     assert head.target_kind == "label"
     logits = head(levels, 32)
@@ -24,7 +25,7 @@ def test_logits_probs_and_learning(levels):
     assert last < 0.5 * first
 
 
-def test_label_smoothing_raises_loss_floor(levels):
+def test_label_smoothing_raises_loss_floor():
     target = torch.zeros(8, dtype=torch.long)
     logits = torch.tensor([[20.0, 0, 0]]).repeat(8, 1)
     plain = cls.build(cls.ClassificationOptions(), CHANNELS, 3)

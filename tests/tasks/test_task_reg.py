@@ -3,11 +3,12 @@
 import numpy as np
 import torch
 
-from conftest import CHANNELS, fit
+from head_helpers import CHANNELS, fit, make_levels
 from sassl_plugins.tasks import reg
 
 
-def test_values_in_unit_interval_and_learning(levels):
+def test_values_in_unit_interval_and_learning():
+    levels = make_levels(8)
     head = reg.build(reg.RegressionOptions(hidden_dim=32), CHANNELS, None)
     assert head.target_kind == "target"
     out = head(levels, 32)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import CHANNELS, fit, make_levels
+from head_helpers import CHANNELS, fit, make_levels
 from sassl_core.errors import UserError
 from sassl_plugins.tasks import seg
 
