@@ -32,7 +32,7 @@ from skimage.draw import polygon as fill_polygon
 import sassl_core
 from sassl_core.errors import UserError
 from sassl_core.wsi.patches import DatasetContext, PreparedData
-from sassl_core.wsi.reader import SlideReader, open_slide
+from sassl_core.wsi.reader import SlideReader
 from sassl_plugins.datasets.common import fraction_map, patch_extent, prepare, split_groups, tile_slides
 from sassl_plugins.datasets.tiff_slides import level_shapes, write_pyramid
 
