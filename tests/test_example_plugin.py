@@ -217,23 +217,30 @@ def test_head_metrics_use_the_classification_metrics():
 # --- end to end -------------------------------------------------------------------------------
 
 
+TINY = ("--set", "ssl.options.proj_hidden_dim=32", "--set", "ssl.options.proj_dim=32", "--steps", "3",
+        "--image-size", "32", "--batch-size", "8", "--device", "cpu", "--quiet")  # fmt: skip
+
+
 @pytest.mark.slow
 def test_pretrain_through_cli(tmp_path):
     pytest.importorskip("sassl_core.cli", reason="the CLI is not in this tree")
     out = tmp_path / "run"
-    done = _cli(
-        "pretrain",
-        "--ssl", "barlow_twins",
-        "--set", "ssl.options.proj_hidden_dim=32",
-        "--set", "ssl.options.proj_dim=32",
-        "--steps", "3",
-        "--image-size", "32",
-        "--batch-size", "8",
-        "--device", "cpu",
-        "--out", str(out),
-        "--quiet",
-        timeout=600,
-    )
+    done = _cli("pretrain", "--ssl", "barlow_twins", *TINY, "--out", str(out), timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert (out / "config.yaml").exists()
+    assert (out / "encoder.safetensors").exists()
     assert "barlow_twins" in (out / "config.yaml").read_text()
+
+
+@pytest.mark.slow
+def test_ordinal_task_through_cli(tmp_path):
+    pytest.importorskip("sassl_core.cli", reason="the CLI is not in this tree")
+    out = tmp_path / "run"
+    done = _cli(
+        "run", "--ssl", "barlow_twins", "--task", "ordinal", *TINY, "--finetune-steps", "3", "--out", str(out),
+        timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["task"] == "ordinal"
+    assert 0.0 <= metrics["metrics"]["accuracy"] <= 1.0
+    assert -1.0 <= metrics["metrics"]["qwk"] <= 1.0
