@@ -1,10 +1,10 @@
 """Batched view generation on the device (the two augmented views of paper §3.1, Fig. 1).
 
 Patches travel to the device as uint8; :class:`ViewGenerator` makes the views there, every
-operation batched over the whole batch (no per-image Python loop): random resized crop,
-HED stain jitter, brightness/contrast/saturation jitter, Gaussian blur, flips and 90-degree
-rotations, then ImageNet normalisation. Each operation is applied to each image with its own
-probability.
+operation batched over the whole batch (no per-image Python loop), in this order: random
+resized crop, HED stain jitter, brightness/contrast/saturation jitter, Gaussian blur, a 90-degree
+rotation, horizontal and vertical flips, then ImageNet normalisation. Each operation is applied
+to each image with its own probability.
 
 All random numbers of one call come from a single uniform table ``(n, N_UNIFORMS)`` drawn from
 the generator, whatever the options, so two generators seeded alike draw the same crops and
@@ -254,7 +254,7 @@ class ViewGenerator(nn.Module):
         return planes.reshape(batch, channels, height, width)
 
     def _flip_rotate(self, x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-        """Horizontal flip, vertical flip, then rotation by k*90 degrees (k = 1..3), per image.
+        """Rotation by k*90 degrees (k = 1..3), then horizontal flip, then vertical flip, per image.
 
         The composite of the three is one of 16 pixel permutations; all images are permuted in
         a single ``gather`` (exact: values are moved, never mixed).
@@ -279,7 +279,7 @@ def _dihedral_permutations(size: int, device: torch.device) -> torch.Tensor:
     for k in range(4):
         for v in (False, True):
             for h in (False, True):
-                table = base.flip(-1) if h else base
-                table = table.flip(-2) if v else table
-                tables.append(table.rot90(k, dims=(-2, -1)).reshape(-1))
+                table = base.rot90(k, dims=(-2, -1))
+                table = table.flip(-1) if h else table
+                tables.append((table.flip(-2) if v else table).reshape(-1))
     return torch.stack(tables)
