@@ -74,7 +74,8 @@ def classification_metrics(
     pred_in = np.asarray(probs_or_labels_pred)
     y_pred, y_true = _labels(pred_in), np.asarray(y_true, np.int64)
     if num_classes is None:
-        num_classes = pred_in.shape[1] if pred_in.ndim == 2 else int(max(y_pred.max(initial=0), y_true.max(initial=0)) + 1)
+        largest = max(y_pred.max(initial=0), y_true.max(initial=0))
+        num_classes = pred_in.shape[1] if pred_in.ndim == 2 else int(largest) + 1
     cm = confusion_matrix(y_true, y_pred, num_classes)
     tp = np.diag(cm).astype(np.float64)
     denom = cm.sum(0) + cm.sum(1)  # 2·TP + FP + FN

@@ -133,7 +133,8 @@ def check_encoder_state(state: dict, model: nn.Module, source: str) -> None:
             parts.append(f"{len(unexpected)} unexpected keys (e.g. {unexpected[0]})")
         if wrong:
             k = wrong[0]
-            parts.append(f"{len(wrong)} shape mismatches (e.g. {k}: expected {expected[k]}, found {tuple(state[k].shape)})")
+            found = tuple(state[k].shape)
+            parts.append(f"{len(wrong)} shape mismatches (e.g. {k}: expected {expected[k]}, found {found})")
         raise UserError(f"{source}: expected encoder weights of backbone '{arch}', found {'; '.join(parts)}")
 
 

@@ -142,3 +142,7 @@ def test_mismatched_weights_name_file_and_backbone(tmp_path, pretrained_state):
         build_dual_encoder(resnet, bad, source="x.pt")
     with pytest.raises(UserError, match="not found"):
         load_encoder_state(tmp_path / "missing.safetensors")
+    corrupt = tmp_path / "corrupt.safetensors"
+    corrupt.write_bytes(b"not a safetensors file")
+    with pytest.raises(UserError, match="corrupt.safetensors: not a readable safetensors file"):
+        load_encoder_state(corrupt)
