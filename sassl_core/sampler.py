@@ -155,5 +155,8 @@ def _draw_sources(rng: np.random.Generator, remaining: np.ndarray, batches_left:
     if len(tight) >= k:
         return rng.choice(tight, size=k, replace=False)
     others = np.flatnonzero((remaining > 0) & (remaining < batches_left))
-    weights = remaining[others] / remaining[others].sum()
-    return np.concatenate([tight, rng.choice(others, size=k - len(tight), replace=False, p=weights)])
+    # weighted sampling without replacement in one pass (Efraimidis & Spirakis, 2006):
+    # the k largest log(u) / w, u ~ U(0, 1), are a draw of k items proportional to w
+    keys = np.log(rng.random(len(others))) / remaining[others]
+    wanted = k - len(tight)  # >= 1 here
+    return np.concatenate([tight, others[np.argpartition(-keys, wanted - 1)[:wanted]]])
