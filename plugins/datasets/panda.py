@@ -12,15 +12,13 @@ Gleason 3/4/5 epithelium. karolinska: 0 glass, 1 benign tissue (stroma and epith
 slide graded ISUP >= 1 only patches holding cancer (radboud >= 3, karolinska 2) are kept — the
 slide's grade is a fair label for them. Every patch carries its slide's ISUP grade (0-5,
 paper §4.1). Split: the paper's 80/20 train/test by slide (seeded, stratified by provider),
-optionally with a validation share. ``source``: the slide (default) or the provider
-(``source_key: provider``; per-provider QWK, the paper's QWK_k and QWK_r, then comes from the
-metrics' per-source scores).
+optionally with a validation share. ``source`` is the data provider, so the metrics'
+per-source QWK is the paper's QWK_k and QWK_r; ``slide_id`` is the image id.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -52,7 +50,6 @@ class PandaOptions(BaseModel):
 
     test_fraction: float = Field(0.2, ge=0.0, lt=1.0, description="share of slides in the test split (paper: 0.2)")
     val_fraction: float = Field(0.0, ge=0.0, lt=1.0, description="share of slides in a validation split")
-    source_key: Literal["slide", "provider"] = "slide"
     use_masks: bool = Field(True, description="pick tissue (and cancer) patches with the label masks")
     min_cancer_fraction: float = Field(0.05, ge=0.0, le=1.0, description="cancer share for a patch to hold cancer")
     fallback_mpp: float | None = Field(None, gt=0, description="µm/px for slides without a resolution")
@@ -154,7 +151,7 @@ def build(options: PandaOptions, context: DatasetContext) -> PreparedData:
             root / "train_images" / f"{r['image_id']}.tiff",
             {
                 "slide_id": r["image_id"],
-                "source": r["data_provider"] if options.source_key == "provider" else r["image_id"],
+                "source": r["data_provider"],
                 "label": int(r["isup_grade"]),
                 "split": splits[r["image_id"]],
             },

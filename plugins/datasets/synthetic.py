@@ -7,8 +7,8 @@ at level 0, JPEG) with a lossless tumour mask TIFF each, under
 
 Per patch: ``label`` = the grade pattern covering most of the patch (``low``, ``intermediate``,
 ``high``), ``target`` = the tumour fraction of the patch (from the mask), ``mask`` = the
-tumour mask (1 = tumour). ``source`` is the slide (default) or the centre
-(``source_key: provider``). Splits are by slide, stratified by centre; ``test_centre`` holds a
+tumour mask (1 = tumour). ``source`` is the centre, ``slide_id`` the slide (the run's
+``sassl.source_key`` picks which is the stain source). Splits are by slide, stratified by centre; ``test_centre`` holds a
 whole centre out as the test split instead — the stain-shift benchmark.
 """
 
@@ -21,7 +21,6 @@ import shutil
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -48,7 +47,6 @@ class SyntheticOptions(BaseModel):
     regions: int = Field(6, ge=1, le=64, description="grade regions per slide")
     stain_shift: float = Field(1.0, ge=0.0, le=3.0, description="how far centres' stains differ (0: identical)")
     seed: int | None = Field(None, description="drawing seed (default: the run's seed)")
-    source_key: Literal["slide", "provider"] = Field("slide", description="stain source: slide or centre")
     test_centre: int | None = Field(None, ge=0, description="hold this centre out as the test split")
     val_fraction: float = Field(0.25, ge=0.0, lt=1.0)
     test_fraction: float = Field(0.25, ge=0.0, lt=1.0, description="ignored when test_centre is set")
@@ -148,7 +146,7 @@ def build(options: SyntheticOptions, context: DatasetContext) -> PreparedData:
     for name, centre in names.items():
         fields = {
             "slide_id": name,
-            "source": f"centre{centre}" if options.source_key == "provider" else name,
+            "source": f"centre{centre}",
             "mask": str(folder / f"{name}_mask.tif"),
             "split": splits[name],
         }

@@ -21,8 +21,9 @@ COLUMNS = {
     "y": np.int64,
     "level": np.int64,  # pyramid level to read from
     "read_size": np.int64,  # side of the region read at ``level`` (pixels)
-    "source": str,  # stain source: slide id or data provider (paper §3.2, relation matrix R)
-    "slide_id": str,  # slide the patch belongs to (slide-level aggregation)
+    "source": str,  # data provider / scanning centre (the slide id where there is none)
+    "slide_id": str,  # slide the patch belongs to; ``sassl.source_key`` picks this or ``source``
+    # as the stain source of the relation matrix R (paper §3.2)
     "label": np.int64,  # class label, -1 when unknown
     "target": np.float64,  # regression target, NaN when unknown
     "mask": str,  # path of a label mask aligned with ``slide`` ('' when none), class in channel 0

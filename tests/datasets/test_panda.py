@@ -20,15 +20,15 @@ def test_every_patch_carries_its_slides_isup_grade(datasets, context, panda_root
     assert data.tasks == ("cls",) and data.num_classes == 6
     grades = {image_id: isup for image_id, _, isup, _ in PANDA_SLIDES}
     assert {table["slide_id"][i]: table["label"][i] for i in range(len(table))} == grades
-    assert set(table["source"]) == set(grades)  # source = slide by default
+    assert set(table["source"]) == {"karolinska", "radboud"}  # source = data provider
     assert set(table["split"]) == {"train", "test"}
     for image_id in grades:  # a slide lies in one split only
         assert len(set(table["split"][table["slide_id"] == image_id])) == 1
 
 
 def test_provider_source_and_deterministic_split(datasets, context, panda_root):
-    a = datasets.create("panda", {"source_key": "provider"}, context=context(panda_root)).patches
-    b = datasets.create("panda", {"source_key": "provider"}, context=context(panda_root)).patches
+    a = datasets.create("panda", {}, context=context(panda_root)).patches
+    b = datasets.create("panda", {}, context=context(panda_root)).patches
     assert set(a["source"]) == {"karolinska", "radboud"}
     assert np.array_equal(a["split"], b["split"]) and np.array_equal(a["x"], b["x"])
     providers = {i: p for i, p, _, _ in PANDA_SLIDES}

@@ -59,7 +59,7 @@ def test_dataset_labels_splits_and_cache(datasets, context, tmp_path):
 
 
 def test_held_out_centre_and_provider_source(datasets, context):
-    options = {**SMALL, "test_centre": 2, "source_key": "provider"}
+    options = {**SMALL, "test_centre": 2}
     table = datasets.create("synthetic", options, context=context(None, max_per_slide=5)).patches
     assert set(table["source"]) == {"centre0", "centre1", "centre2"}
     assert set(table["split"][table["source"] == "centre2"]) == {"test"}
