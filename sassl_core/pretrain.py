@@ -67,25 +67,17 @@ def balanced_sampler(cfg: RunConfig, ids, rt: Runtime) -> SourceBalancedBatchSam
     )
 
 
-def pretrain(cfg: RunConfig, plugins: PluginSet, prepared: PreparedData, run_dir: Path, rt: Runtime) -> PretrainResult:
-    """Pretrain an encoder on the dataset's training patches; export ``encoder.safetensors``."""
-    table = prepared.patches.split("train")
-    ids = source_ids(table, cfg.sassl.source_key)
-    dataset = patch_dataset(cfg, table, with_masks=False, quiet=cfg.output.quiet or not rt.is_main)
-    sampler = balanced_sampler(cfg, ids, rt)
+def build_pretrain_program(cfg: RunConfig, plugins: PluginSet, rt: Runtime, source_of: torch.Tensor) -> tuple[Program, torch.nn.Module]:
+    """The pretraining step as a trainer :class:`Program` (also what the benchmarks time).
 
-    def index_batches():
-        for epoch in itertools.count():
-            sampler.set_epoch(epoch)
-            yield from sampler
-
+    ``source_of`` maps a batch's ``index`` (patch-table row) to its stain-source id.
+    """
     model = build_ssl_model(cfg, plugins).to(rt.device)
     if cfg.trainer.channels_last:
         model = model.to(memory_format=torch.channels_last)
     views = ViewGenerator(ViewOptions.model_validate(cfg.ssl.views)).to(rt.device)
     view_rng = torch.Generator(device=rt.device).manual_seed(cfg.trainer.seed * 1000 + rt.rank)
     normalise = build_stain_norm(cfg, plugins, rt.device)
-    source_of = torch.as_tensor(ids, device=rt.device)
     forward = torch.compile(model) if cfg.trainer.compile else model
 
     steps = cfg.pretrain.steps
@@ -136,7 +128,23 @@ def pretrain(cfg: RunConfig, plugins: PluginSet, prepared: PreparedData, run_dir
         extra_state=lambda: {"view_rng": view_rng.get_state()},
         load_extra_state=lambda state: view_rng.set_state(state["view_rng"]) if "view_rng" in state else None,
     )
-    trainer = Trainer("pretrain", run_dir, cfg.trainer, cfg.output, rt, steps)
+    return program, model
+
+
+def pretrain(cfg: RunConfig, plugins: PluginSet, prepared: PreparedData, run_dir: Path, rt: Runtime) -> PretrainResult:
+    """Pretrain an encoder on the dataset's training patches; export ``encoder.safetensors``."""
+    table = prepared.patches.split("train")
+    ids = source_ids(table, cfg.sassl.source_key)
+    dataset = patch_dataset(cfg, table, with_masks=False, quiet=cfg.output.quiet or not rt.is_main)
+    sampler = balanced_sampler(cfg, ids, rt)
+
+    def index_batches():
+        for epoch in itertools.count():
+            sampler.set_epoch(epoch)
+            yield from sampler
+
+    program, model = build_pretrain_program(cfg, plugins, rt, torch.as_tensor(ids, device=rt.device))
+    trainer = Trainer("pretrain", run_dir, cfg.trainer, cfg.output, rt, cfg.pretrain.steps)
     history = trainer.fit(program, batch_stream(dataset, index_batches, cfg.data.num_workers))
     encoder_path = Path(run_dir) / ENCODER_FILE
     if rt.is_main:

@@ -132,6 +132,30 @@ class Trainer:
                     dist.all_reduce(p.grad)
                     p.grad.div_(self.rt.world_size)
 
+    def train_step(self, program: Program, stream: Iterator[dict], step: int) -> tuple[dict, int, int, bool]:
+        """One optimiser step over ``grad_accum`` batches: (logs, images, batches used, finite)."""
+        for module in program.modules.values():
+            module.train()
+        for opt in program.optimizers.values():
+            opt.zero_grad(set_to_none=True)
+        logs: dict[str, float] = {}
+        n_images = 0
+        for micro in range(self.cfg.grad_accum):
+            batch = next(stream)
+            n_images += int(batch["image"].shape[0])
+            last_micro = micro == self.cfg.grad_accum - 1
+            for phase in program.phases(batch, step):
+                if not torch.isfinite(phase.loss.detach()).all():
+                    return logs, n_images, micro + 1, False
+                (phase.loss / self.cfg.grad_accum).backward()
+                logs.update(phase.logs)
+                if last_micro:
+                    opt = program.optimizers[phase.optimizer]
+                    self._average_gradients(opt)
+                    opt.step()
+                    opt.zero_grad(set_to_none=True)
+        return logs, n_images, self.cfg.grad_accum, True
+
     def fit(self, program: Program, batches: Callable[[int], Iterator[dict]]) -> list[dict]:
         """Train; ``batches(skip)`` returns the batch stream with its first ``skip`` batches skipped."""
         start, seen = 0, 0
@@ -144,31 +168,8 @@ class Trainer:
         bad_in_a_row = 0
         try:
             for step in range(start, self.total_steps):
-                for module in program.modules.values():
-                    module.train()
-                for opt in program.optimizers.values():
-                    opt.zero_grad(set_to_none=True)
-                logs: dict[str, float] = {}
-                finite = True
-                n_images = 0
-                for micro in range(self.cfg.grad_accum):
-                    batch = next(stream)
-                    seen += 1
-                    n_images += int(batch["image"].shape[0])
-                    last_micro = micro == self.cfg.grad_accum - 1
-                    for phase in program.phases(batch, step):
-                        if not torch.isfinite(phase.loss.detach()).all():
-                            finite = False
-                            break
-                        (phase.loss / self.cfg.grad_accum).backward()
-                        logs.update(phase.logs)
-                        if last_micro:
-                            opt = program.optimizers[phase.optimizer]
-                            self._average_gradients(opt)
-                            opt.step()
-                            opt.zero_grad(set_to_none=True)
-                    if not finite:
-                        break
+                logs, n_images, used, finite = self.train_step(program, stream, step)
+                seen += used
                 if not finite:
                     bad_in_a_row += 1
                     for opt in program.optimizers.values():
