@@ -9,6 +9,7 @@ quadratic weighted kappa (§4.2), which rewards exactly this kind of near-miss-a
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import numpy as np
@@ -67,7 +68,7 @@ class OrdinalHead(TaskHead):
         self.score = build_mlp(in_channels, options.hidden_dim, 1, options.num_layers, batch_norm=False)
         # θ_0 and the gaps θ_{k+1} − θ_k = softplus(g_k) > 0, centred around a score of 0.
         self.first_threshold = nn.Parameter(torch.tensor([-(num_classes - 2) / 2.0]))
-        self.threshold_gaps = nn.Parameter(torch.full((num_classes - 2,), 0.5413))  # softplus → 1
+        self.threshold_gaps = nn.Parameter(torch.full((num_classes - 2,), math.log(math.e - 1)))  # gaps of 1
 
     def thresholds(self) -> torch.Tensor:
         """The ``K − 1`` strictly increasing thresholds ``θ``."""
