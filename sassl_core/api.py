@@ -84,7 +84,7 @@ def _evaluate_model(cfg, model, prepared, rt, run_dir) -> dict:
     predictions = predict(cfg, model, prepared, rt)
     metrics = compute_metrics(cfg, model, predictions)
     write_metrics(metrics, run_dir / "metrics.json")
-    images = [task_plot(predictions, cfg.task.name, prepared.class_names, run_dir)]
+    images = [task_plot(predictions, model.head.target_kind, prepared.class_names, run_dir)]
     for stage in ("pretrain", "finetune"):
         if plot_curves(read_history(run_dir, stage), f"{stage} curves", run_dir / f"{stage}_curves.png"):
             images.append(f"{stage}_curves.png")

@@ -71,7 +71,7 @@ def compute_metrics(cfg: RunConfig, model: DownstreamModel, result: Predictions)
         "n_patches": int(len(result.table)),
         "metrics": model.head.metrics(result.predictions, result.targets, sources),
     }
-    if cfg.task.name == "cls" and cfg.task.slide_aggregation == "mean":
+    if model.head.target_kind == "label" and cfg.task.slide_aggregation == "mean":
         slides = result.table["slide_id"].astype(str)
         names, probs = aggregate_by_slide(slides, result.predictions)
         first = np.array([np.flatnonzero(slides == s)[0] for s in names])

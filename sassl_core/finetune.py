@@ -7,6 +7,7 @@ feed the task head through the fused features ``f_e = f_g ⊙ f_s + σ(f_s)``;
 
 from __future__ import annotations
 
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,10 +66,23 @@ def resolve_pretrained(path: Path | None) -> Path | None:
     return path
 
 
-def num_outputs(task: str, prepared: PreparedData) -> int | None:
-    if task == "reg":
+def declared_target_kind(factory) -> str:
+    """Which labels a task factory's head learns from: its ``target_kind`` attribute, else the
+    ``target_kind`` of the head class its return annotation names (``'label'`` by default)."""
+    if hasattr(factory, "target_kind"):
+        return factory.target_kind
+    try:
+        head_class = typing.get_type_hints(factory).get("return")
+    except (NameError, TypeError):
+        head_class = None
+    return getattr(head_class, "target_kind", "label")
+
+
+def num_outputs(kind: str, task: str, prepared: PreparedData) -> int | None:
+    """Classes for a label head, mask classes for a mask head, ``None`` for regression."""
+    if kind == "target":
         return None
-    if task == "seg":
+    if kind == "mask":
         return prepared.seg_classes
     if prepared.num_classes < 2:
         raise UserError(f"dataset has {prepared.num_classes} classes; the '{task}' task needs at least 2")
@@ -76,9 +90,13 @@ def num_outputs(task: str, prepared: PreparedData) -> int | None:
 
 
 def build_downstream(cfg: RunConfig, plugins: PluginSet, prepared: PreparedData, pretrained: Path | None) -> DownstreamModel:
-    if cfg.task.name in ("cls", "reg", "seg") and cfg.task.name not in prepared.tasks:
+    component = plugins["task"].get(cfg.task.name)
+    kind = declared_target_kind(component.factory)
+    needed = {"label": "cls", "target": "reg", "mask": "seg"}[kind]
+    if needed not in prepared.tasks:
         raise UserError(
-            f"task.name: dataset '{cfg.data.dataset}' has no {cfg.task.name} labels (it supports: {', '.join(prepared.tasks)})"
+            f"task.name: '{cfg.task.name}' learns from {kind}s, but dataset '{cfg.data.dataset}' has no {needed} labels "
+            f"(it supports: {', '.join(prepared.tasks)})"
         )
 
     def make_backbone() -> nn.Module:
@@ -94,7 +112,10 @@ def build_downstream(cfg: RunConfig, plugins: PluginSet, prepared: PreparedData,
         source=str(pretrained),
     )
     head = plugins["task"].create(
-        cfg.task.name, cfg.task.options, feature_channels=encoder.feature_channels, num_outputs=num_outputs(cfg.task.name, prepared)
+        cfg.task.name,
+        cfg.task.options,
+        feature_channels=encoder.feature_channels,
+        num_outputs=num_outputs(kind, cfg.task.name, prepared),
     )
     return DownstreamModel(encoder, head, cfg.data.image_size)
 

@@ -74,7 +74,10 @@ def sassl_register_tasks(register: Register) -> None:
 
     ``factory(options, feature_channels, num_outputs) -> sassl_core.tasks.TaskHead`` where
     ``feature_channels`` lists the channels of each feature level (shallow to deep) and
-    ``num_outputs`` is the number of classes (``None`` for regression).
+    ``num_outputs`` is the number of classes (``None`` for regression). The core learns which
+    labels the head needs (its ``target_kind``: ``'label'``, ``'target'`` or ``'mask'``) from a
+    ``target_kind`` attribute of the factory, else from the head class named by the factory's
+    return annotation.
     """
 
 

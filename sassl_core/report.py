@@ -86,16 +86,16 @@ def plot_overlays(pred: Predictions, path: Path) -> None:
     plt.close(fig)
 
 
-def task_plot(pred: Predictions, task: str, class_names: list[str], run_dir: Path) -> str:
-    """The task's own picture; returns its file name."""
-    name = {"cls": "confusion_matrix.png", "reg": "scatter.png", "seg": "overlays.png"}[task]
-    if task == "cls":
-        plot_confusion(pred, class_names, run_dir / name)
-    elif task == "reg":
-        plot_scatter(pred, run_dir / name)
-    else:
-        plot_overlays(pred, run_dir / name)
-    return name
+def task_plot(pred: Predictions, target_kind: str, class_names: list[str], run_dir: Path) -> str:
+    """The picture for the head's kind of target; returns its file name."""
+    if target_kind == "label":
+        plot_confusion(pred, class_names, run_dir / "confusion_matrix.png")
+        return "confusion_matrix.png"
+    if target_kind == "target":
+        plot_scatter(pred, run_dir / "scatter.png")
+        return "scatter.png"
+    plot_overlays(pred, run_dir / "overlays.png")
+    return "overlays.png"
 
 
 def _fmt(value) -> str:
