@@ -5,7 +5,7 @@ import importlib
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import FEATURE_DIM, tiny_encoder
+from ssl_helpers import FEATURE_DIM, tiny_encoder
 
 from sassl_core import UserError
 from sassl_core.plugins import load_plugins
