@@ -4,7 +4,7 @@ import subprocess
 import sys
 
 TINY_SYNTHETIC = ["--set", "data.options={centres: 2, slides_per_centre: 2, slide_size: 384, regions: 3}"]
-TINY = [
+TINY_ANY_DATASET = [
     "--device", "cpu",
     "--image-size", "32",
     "--batch-size", "8",
@@ -13,8 +13,8 @@ TINY = [
     "--set", "output.tensorboard=false",
     "--set", "sassl.hidden_dim=32",
     "--set", "ssl.options={proj_dim: 32, proj_hidden_dim: 64}",
-    *TINY_SYNTHETIC,
 ]
+TINY = [*TINY_ANY_DATASET, *TINY_SYNTHETIC]
 
 
 def sassl(*args, check=True):
