@@ -8,6 +8,12 @@ The SSL model is the generator G, the stain discriminator D its adversary:
   stain-invariant embeddings (Eq. 5; with a sigmoid affinity, ``a_same + a_diff`` plays the role
   of the paper's ``||A||_1 / N^2``).
 
+D reads L2-normalised embeddings by default (``normalize=True``). Every shipped SSL loss is
+invariant to the scale of S (all are cosine-based), so with raw embeddings the generator can
+raise every affinity by inflating S until the sigmoid saturates and both players' gradients
+vanish; in a 40-step MoCo run on two stain sources that happened within 35 steps
+(a_same = a_diff = 0.999), while with normalised S, D kept a_same above a_diff.
+
 Training alternates: a D step on detached embeddings (:meth:`StainAdversary.discriminator_loss`),
 then a G step with D frozen (:meth:`StainAdversary.generator_term`, added to ``L_ssl``), each with
 its own optimiser. Both read the global batch (every process's S1, S2 and source ids), so the
@@ -17,6 +23,7 @@ affinity matrix does not depend on the number of GPUs. Any SSL method works: onl
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
@@ -32,7 +39,8 @@ class StainAdversary(nn.Module):
 
     ``lam`` weighs the generator term; it rises linearly from 0 to ``lam`` over the first
     ``warmup_steps`` optimiser steps (none when 0). ``temperature`` and ``squash`` shape the
-    affinity matrix (:func:`sassl_core.stain.affinity.affinity_matrix`).
+    affinity matrix (:func:`sassl_core.stain.affinity.affinity_matrix`); ``normalize`` feeds D
+    unit-length embeddings.
     """
 
     def __init__(
@@ -44,6 +52,7 @@ class StainAdversary(nn.Module):
         squash: bool = True,
         lam: float = 1.0,
         warmup_steps: int = 0,
+        normalize: bool = True,
     ) -> None:
         super().__init__()
         self.discriminator = StainDiscriminator(embed_dim, hidden_dim, layers)
@@ -51,6 +60,7 @@ class StainAdversary(nn.Module):
         self.squash = squash
         self.lam = lam
         self.warmup_steps = warmup_steps
+        self.normalize = normalize
 
     def lam_at(self, step: int) -> float:
         """The generator weight at optimiser step ``step`` (linear warm-up from 0)."""
@@ -64,6 +74,8 @@ class StainAdversary(nn.Module):
         """``(a_same, a_diff)`` over the global batch; ``frozen`` runs D with detached weights."""
         s1, s2 = gather_with_grad(s1), gather_with_grad(s2)
         source_ids = gather_with_grad(torch.as_tensor(source_ids, device=s1.device))
+        if self.normalize:
+            s1, s2 = F.normalize(s1, dim=1), F.normalize(s2, dim=1)
         if frozen:
             weights = {name: p.detach() for name, p in self.discriminator.named_parameters()}
             l1 = functional_call(self.discriminator, weights, (s1,))

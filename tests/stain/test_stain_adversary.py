@@ -113,3 +113,13 @@ def test_raw_affinity_option():
     _, raw = adversary(squash=False).discriminator_loss(s1, s2, SOURCES)
     assert 0 < squashed["a_same"] < 1
     assert raw["a_same"] != pytest.approx(squashed["a_same"])
+
+
+def test_discriminator_reads_unit_embeddings_unless_told_otherwise():
+    s1, s2 = embeddings()
+    _, stats = adversary().discriminator_loss(s1, s2, SOURCES)
+    _, inflated = adversary().discriminator_loss(10 * s1, 10 * s2, SOURCES)
+    assert inflated == pytest.approx(stats, rel=1e-5)  # the generator cannot win by scaling S
+    _, raw = adversary(normalize=False).discriminator_loss(s1, s2, SOURCES)
+    _, raw_inflated = adversary(normalize=False).discriminator_loss(10 * s1, 10 * s2, SOURCES)
+    assert raw_inflated["a_same"] != pytest.approx(raw["a_same"])
