@@ -59,7 +59,8 @@ class SourceBalancedBatchSampler:
                 f"{world_size}, found {k} x {m} = {k * m}"
             )
         names, inverse = np.unique(source_ids, return_inverse=True)
-        rows_by_source = [np.flatnonzero(inverse == s) for s in range(len(names))]
+        by_source = np.argsort(inverse, kind="stable")
+        rows_by_source = np.split(by_source, np.cumsum(np.bincount(inverse))[:-1])
         keep = [len(rows) >= m for rows in rows_by_source]
         self.excluded_sources = [name for name, ok in zip(names.tolist(), keep) if not ok]
         self._rows = [rows for rows, ok in zip(rows_by_source, keep) if ok]
