@@ -12,13 +12,13 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 import time
 
 import numpy as np
 import timm
 import torch
 
+from sassl_core.plugins import default_plugins
 from sassl_core.sampler import SourceBalancedBatchSampler
 from sassl_core.stain.adversary import StainAdversary
 
@@ -36,10 +36,9 @@ def timed(fn, steps: int, device: torch.device) -> float:
 
 
 def adversary_overhead(args, device: torch.device) -> None:
-    module = importlib.import_module(f"sassl_plugins.ssl.{args.method}")
-    options_model = next(v for k, v in vars(module).items() if k.endswith("Options"))
     encoder = timm.create_model(args.backbone, pretrained=False, num_classes=0)
-    model = module.build(options_model(), encoder, encoder.num_features).to(device)
+    model = default_plugins()["ssl"].create(args.method, {}, encoder=encoder, feature_dim=encoder.num_features)
+    model = model.to(device)
     x1 = torch.rand(args.batch, 3, args.image_size, args.image_size, device=device)
     x2 = torch.rand_like(x1)
     sources = torch.arange(args.batch, device=device) // 4
