@@ -1,6 +1,6 @@
 """Every GPU figure of the pretraining performance targets, in one run of one script.
 
-    python benchmarks/gpu_suite.py [--out DIR_OR_FILE] [--budget-s 290] [--skip SECTION,...]
+    python benchmarks/gpu_suite.py [--out DIR_OR_FILE] [--budget-s 300] [--skip SECTION,...]
     python benchmarks/gpu_suite.py --smoke          # tiny sizes on the CPU: every code path once
 
 Each target is a ratio of two figures measured in this one process (never a timed test):
@@ -22,7 +22,7 @@ Each target is a ratio of two figures measured in this one process (never a time
 Needs torch, timm, numpy, pydantic, pluggy, PyYAML, Pillow and this checkout (installed or not:
 see ``common.ensure_importable``). Without OpenSlide a placeholder module stands in: no slide is
 read, the patch cache is written from synthetic uint8 arrays. Writes ``gpu_suite.json`` and
-``gpu_suite.txt`` to ``--out`` (default ``$OUT`` when set, else ``benchmarks/results``) and
+``gpu_suite.txt`` to ``--out`` (default ``$OUT`` when set, else ``runs/benchmarks``) and
 prints the table last.
 """
 
@@ -48,7 +48,8 @@ import common  # noqa: E402
 from common import StepSettings, Timing  # noqa: E402
 
 SECTIONS = ("step", "methods", "e2e", "hires", "gather", "compile")
-COMPILE_NEEDS_S = 150  # budget left below which the compile section is skipped
+COMPILE_NEEDS_S = 120  # budget left below which the compile section is skipped
+MAX_HIRES_BATCH = 1024  # the largest-batch search stops here (activation checkpointing frees a lot)
 
 
 @dataclass(frozen=True)
@@ -70,7 +71,7 @@ class Plan:
 GPU_PLAN = Plan(
     step=StepSettings(backbone="resnet50", image_size=224, batch=256, device="cuda", amp=True, channels_last=True),
     sources=32, hires_size=512, hires_probes=(16, 48), cache_sources=64, cache_per_source=48,
-    workers=min(8, max(1, (os.cpu_count() or 2) - 2)), warmup=3, repeats=8, e2e_steps=20,
+    workers=min(8, max(1, (os.cpu_count() or 2) - 2)), warmup=3, repeats=6, e2e_steps=20,
 )
 SMOKE_PLAN = Plan(
     step=StepSettings(backbone="test_resnet", image_size=32, batch=8, device="cpu", amp=False, channels_last=True),
@@ -198,7 +199,7 @@ def largest_batch(suite: Suite, s: StepSettings, probes: tuple[int, int]) -> tup
     capacity = 0.92 * torch.cuda.get_device_properties(suite.device).total_memory / 2**30
     batch = int((capacity - (p0 - per_patch * b0)) / per_patch) // 8 * 8
     model = {"probe_peaks_gib": peaks, "gib_per_patch": round(per_patch, 4), "capacity_gib": round(capacity, 1)}
-    return max(batch, probes[1]), model
+    return min(max(batch, probes[1]), MAX_HIRES_BATCH), model
 
 
 def section_hires(suite: Suite) -> dict:
@@ -211,16 +212,17 @@ def section_hires(suite: Suite) -> dict:
         for _attempt in range(4):
             sb = replace(s, batch=batch)
             try:
-                real = suite.time_case(lambda: common.real_step_on_device(sb, suite.plugins, "simsiam", True, k), sb.images_per_step)
+                real = suite.time_case(lambda: common.real_step_on_device(sb, suite.plugins, "simsiam", True, k),
+                                       sb.images_per_step, warmup=2, repeats=3)
                 break
             except RuntimeError as err:
                 if not common.is_out_of_memory(err):
                     raise
-                common.release(suite.device)
-                batch = batch * 7 // 8 // 8 * 8
+            common.release(suite.device)  # after the handler: the failed step's frames are gone
+            batch = batch * 7 // 8 // 8 * 8
         else:
             raise RuntimeError(f"no batch fits at {s.image_size} px (last tried {batch})")
-        raw = suite.time_case(lambda: common.raw_step(sb), sb.images_per_step)
+        raw = suite.time_case(lambda: common.raw_step(sb), sb.images_per_step, warmup=2, repeats=3)
         out["checkpointing" if checkpointing else "plain"] = {
             "image_size": s.image_size, "batch": batch, "memory_model": memory_model, "sassl": real, "raw": raw,
             "ratio_real_over_raw": _ratio(real["img_per_s"], raw["img_per_s"]),
@@ -329,7 +331,7 @@ def table(results: dict) -> str:
 
 
 def output_paths(out: str | None) -> tuple[Path, Path]:
-    target = Path(out or os.environ.get("OUT") or Path(__file__).resolve().parent / "results")
+    target = Path(out or os.environ.get("OUT") or common.REPO / "runs" / "benchmarks")
     if target.suffix == ".json":
         return target, target.with_suffix(".txt")
     return target / "gpu_suite.json", target / "gpu_suite.txt"
@@ -337,9 +339,9 @@ def output_paths(out: str | None) -> tuple[Path, Path]:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", help="folder (or .json file) for the results; default $OUT, else benchmarks/results")
+    parser.add_argument("--out", help="folder (or .json file) for the results; default $OUT, else runs/benchmarks")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes on the CPU, to check every code path")
-    parser.add_argument("--budget-s", type=float, default=290.0, help="stop starting sections after this many seconds")
+    parser.add_argument("--budget-s", type=float, default=300.0, help="stop starting sections after this many seconds")
     parser.add_argument("--skip", default="", help=f"comma-separated sections to leave out, of {','.join(SECTIONS)}")
     args = parser.parse_args(argv)
     plan = SMOKE_PLAN if args.smoke else GPU_PLAN
@@ -371,7 +373,7 @@ def main(argv=None) -> None:
                 suite.results[name] = runners[name]()
             except Exception:  # one broken section must not cost the others' figures
                 suite.results[name] = {"error": traceback.format_exc()}
-                common.release(suite.device)
+            common.release(suite.device)
             suite.results[name]["section_s"] = round(time.perf_counter() - start, 1)
         print(f"[{suite.elapsed_s:6.1f} s] {name} done", flush=True)
     payload = {
