@@ -31,6 +31,9 @@ log = logging.getLogger(__name__)
 # default written by an image editor. They are treated as absent.
 PLAUSIBLE_MPP = (0.05, 20.0)
 PLAIN_IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
+# Whole-slide formats that only OpenSlide reads: when it does not recognise such a file, the
+# file is damaged (a cut-off download), not of another format.
+SLIDE_ONLY_SUFFIXES = {".svs", ".ndpi", ".vms", ".vmu", ".scn", ".mrxs", ".svslide", ".bif"}
 
 
 class SlideReader(ABC):
@@ -106,7 +109,11 @@ class OpenSlideReader(SlideReader):
         return _flatten_rgba(np.asarray(region), fill)
 
     def thumbnail(self, max_side):
-        return np.asarray(self._slide.get_thumbnail((max_side, max_side)).convert("RGB"))
+        try:
+            image = self._slide.get_thumbnail((max_side, max_side))
+        except openslide.OpenSlideError as err:  # a corrupt tile of the level it is read from
+            raise UserError(f"{self.path}: unreadable slide thumbnail ({err})") from None
+        return np.asarray(image.convert("RGB"))
 
     def close(self):
         self._slide.close()
@@ -223,6 +230,8 @@ def open_slide(path: str | Path, fallback_mpp: float | None = None, require_mpp:
         elif path.suffix.lower() in PLAIN_IMAGE_SUFFIXES:
             pixels, mpp = _load_plain(path)
             reader = PlainImageReader(path, pixels, mpp, "file" if mpp else None)
+        elif path.suffix.lower() in SLIDE_ONLY_SUFFIXES:
+            raise UserError(f"{path}: unreadable slide (OpenSlide cannot read this {path.suffix} file: truncated or corrupt?)")
         else:
             raise UserError(
                 f"{path}: unsupported format (not a slide OpenSlide reads, nor one of "

@@ -9,6 +9,8 @@ A patch is a square of ``patch_size`` pixels at ``target_mpp`` µm/px. It is rea
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import time
 from pathlib import Path
 from typing import Callable
@@ -136,9 +138,12 @@ def tile_to_folder(
 
     Writes ``out/patches.jsonl`` (a :class:`PatchTable`; source and slide_id = slide file stem,
     split 'train'), ``out/masks/<stem>_tissue.png`` overlays and ``out/summary.json``
-    ``{slides, patches_per_slide, skipped: [{file, reason}], seconds}``, each atomically. A slide
-    that fails is recorded in ``skipped`` (or, with ``strict``, its :class:`UserError` is raised).
+    ``{slides, patches_per_slide, skipped: [{file, reason}], seconds}``. A slide that fails is
+    recorded in ``skipped`` (or, with ``strict``, its :class:`UserError` is raised).
     ``progress(done, total, file)`` is called after each slide. Returns the summary.
+
+    Overlays are written to a temporary sibling folder and moved into ``out`` only once the
+    run succeeds: a run that fails (or is killed) leaves ``out`` as it was.
     """
     start = time.perf_counter()
     out = Path(out)
@@ -147,7 +152,40 @@ def tile_to_folder(
     slides = find_slides(paths)
     if not slides:
         raise UserError(f"{', '.join(map(str, paths))}: no slide files found (extensions {' '.join(sorted(SLIDE_SUFFIXES))})")
-    (out / "masks").mkdir(parents=True, exist_ok=True)
+    staging = out.parent / f".{out.name}.partial-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    try:
+        def tile(reader: SlideReader, tissue: TissueMask) -> list[dict]:
+            return tile_slide(reader, patch_size, target_mpp, tissue_threshold, max_per_slide, overlap, seed, tissue)
+
+        rows, summary = _tile_all(slides, staging, tile, fallback_mpp, strict, progress)
+        summary["seconds"] = round(time.perf_counter() - start, 3)
+        if not rows:
+            first = summary["skipped"][0]["reason"]
+            raise UserError(f"{out}: no patches from any of {len(slides)} slides (first problem: {first})")
+        (out / "masks").mkdir(parents=True, exist_ok=True)
+        for overlay in staging.iterdir():
+            overlay.replace(out / "masks" / overlay.name)
+        PatchTable.from_rows(rows, patch_size).save(out / "patches.jsonl")
+        tmp = out / "summary.json.tmp"
+        tmp.write_text(json.dumps(summary, indent=2))
+        tmp.replace(out / "summary.json")
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return summary
+
+
+def _tile_all(
+    slides: list[Path],
+    overlays: Path,
+    tile: Callable[[SlideReader, TissueMask], list[dict]],
+    fallback_mpp: float | None,
+    strict: bool,
+    progress: Callable[[int, int, str], None] | None,
+) -> tuple[list[dict], dict]:
+    """Patch rows of every slide (``tile(reader, tissue)``), tissue overlays written to
+    ``overlays``, and the summary without its timing."""
     rows: list[dict] = []
     per_slide: dict[str, int] = {}
     skipped: list[dict] = []
@@ -157,8 +195,8 @@ def tile_to_folder(
                 raise UserError(f"{path}: another slide is already named {path.stem!r} (stems identify slides)")
             with open_slide(path, fallback_mpp) as reader:
                 tissue = detect_tissue(reader)
-                save_overlay(tissue.thumbnail, tissue.mask, out / "masks" / f"{path.stem}_tissue.png")
-                kept = tile_slide(reader, patch_size, target_mpp, tissue_threshold, max_per_slide, overlap, seed, tissue)
+                save_overlay(tissue.thumbnail, tissue.mask, overlays / f"{path.stem}_tissue.png")
+                kept = tile(reader, tissue)
         except UserError as err:
             if strict:
                 raise
@@ -168,16 +206,4 @@ def tile_to_folder(
             per_slide[path.stem] = len(kept)
         if progress is not None:
             progress(done, len(slides), str(path))
-    summary = {
-        "slides": len(per_slide),
-        "patches_per_slide": per_slide,
-        "skipped": skipped,
-        "seconds": round(time.perf_counter() - start, 3),
-    }
-    tmp = out / "summary.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=2))
-    tmp.replace(out / "summary.json")
-    if not rows:
-        raise UserError(f"{out}: no patches from any of {len(slides)} slides (first problem: {skipped[0]['reason']})")
-    PatchTable.from_rows(rows, patch_size).save(out / "patches.jsonl")
-    return summary
+    return rows, {"slides": len(per_slide), "patches_per_slide": per_slide, "skipped": skipped}
