@@ -51,12 +51,18 @@ class Program:
     load_extra_state: Callable[[dict], None] = lambda state: None
 
 
+def finite_gradients(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether every gradient ``optimizer`` would apply is finite (one reduction, one sync)."""
+    grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+    return not grads or bool(torch.isfinite(torch.nn.utils.get_total_norm(grads)))
+
+
 class TrainingInterrupted(SasslError):
     """SIGINT/SIGTERM arrived; a checkpoint of the last finished step was written."""
 
 
 class NonFiniteLoss(UserError):
-    """Too many non-finite losses in a row."""
+    """Too many non-finite losses (or gradients) in a row."""
 
 
 class Trainer:
@@ -133,7 +139,11 @@ class Trainer:
                     p.grad.div_(self.rt.world_size)
 
     def train_step(self, program: Program, stream: Iterator[dict], step: int) -> tuple[dict, int, int, bool]:
-        """One optimiser step over ``grad_accum`` batches: (logs, images, batches used, finite)."""
+        """One optimiser step over ``grad_accum`` batches: (logs, images, batches used, finite).
+
+        A non-finite loss or gradient ends the step before its optimiser steps (phases already
+        stepped, e.g. the discriminator's, keep their update); ``finite`` is then False.
+        """
         for module in program.modules.values():
             module.train()
         for opt in program.optimizers.values():
@@ -152,6 +162,8 @@ class Trainer:
                 if last_micro:
                     opt = program.optimizers[phase.optimizer]
                     self._average_gradients(opt)
+                    if not finite_gradients(opt):
+                        return logs, n_images, micro + 1, False
                     opt.step()
                     opt.zero_grad(set_to_none=True)
         return logs, n_images, self.cfg.grad_accum, True
@@ -174,10 +186,10 @@ class Trainer:
                     bad_in_a_row += 1
                     for opt in program.optimizers.values():
                         opt.zero_grad(set_to_none=True)
-                    print(f"warning: {self.stage} step {step + 1}: non-finite loss, step skipped", file=sys.stderr)
+                    print(f"warning: {self.stage} step {step + 1}: non-finite loss or gradient, step skipped", file=sys.stderr)
                     if bad_in_a_row >= self.cfg.max_nonfinite:
                         raise NonFiniteLoss(
-                            f"{self.stage} halted at step {step + 1}: non-finite loss {bad_in_a_row} steps in a row "
+                            f"{self.stage} halted at step {step + 1}: non-finite loss or gradient {bad_in_a_row} steps in a row "
                             f"(last good checkpoint kept at {self.last_path})"
                         )
                     continue
