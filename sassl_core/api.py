@@ -52,8 +52,8 @@ def open_run_dir(cfg: RunConfig, rt: Runtime, stage: str) -> Path:
 
 
 def _continues(run_dir: Path, stage: str) -> bool:
-    """Fine-tuning or evaluating inside a pretraining run's folder is the intended workflow."""
-    return stage in ("finetune", "evaluate") and (run_dir / ENCODER_FILE).exists()
+    """Evaluating a run, or fine-tuning inside a pretraining run's folder, is the intended workflow."""
+    return stage == "evaluate" or (stage == "finetune" and (run_dir / ENCODER_FILE).exists())
 
 
 def _setup(cfg: RunConfig, plugins: PluginSet | None, stage: str) -> tuple[PluginSet, Runtime, Path, PreparedData]:

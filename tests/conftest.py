@@ -1,4 +1,5 @@
-"""Test-session settings: offline libraries and one shared cache of generated slides/patches."""
+"""Test-session settings: offline libraries, one shared cache of generated slides/patches, and
+one intra-op thread for the tiny in-process tensors (fastest, and immune to a busy machine)."""
 
 import os
 import tempfile
@@ -6,3 +7,14 @@ import tempfile
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("SASSL_CACHE", tempfile.mkdtemp(prefix="sassl-test-cache-"))
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

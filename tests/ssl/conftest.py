@@ -1,16 +1,7 @@
-"""Fixtures of the SSL tests: one CPU thread and a fixed batch of two views."""
+"""Fixtures of the SSL tests: a fixed batch of two views."""
 
 import pytest
 import torch
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: one intra-op thread is fastest, and immune to a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture

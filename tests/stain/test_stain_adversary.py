@@ -8,14 +8,6 @@ from sassl_core.stain.adversary import StainAdversary
 SOURCES = torch.tensor([0, 0, 0, 1, 1, 1, 2, 2, 2])
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def embeddings():
     """Two views per patch; each source shifts its patches (a stain cast) in its own direction."""
     gen = torch.Generator().manual_seed(0)
