@@ -12,19 +12,26 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+import torch
+
 from sassl_core.checkpoint import atomic_write, load_checkpoint
 from sassl_core.config import RunConfig, load_config
 from sassl_core.data import prepare_dataset
 from sassl_core.errors import UserError
 from sassl_core.evaluate import compute_metrics, predict, write_metrics
+from sassl_core.heatmap import grad_cam, save_cam_overlay, slide_heatmap
 from sassl_core.finetune import build_downstream, finetune as finetune_stage, resolve_pretrained
 from sassl_core.plugins import PluginSet, default_plugins
 from sassl_core.pretrain import ENCODER_FILE, pretrain as pretrain_stage
 from sassl_core.report import plot_curves, read_history, task_plot, write_report
 from sassl_core.runtime import Runtime, init_runtime, seed_everything
+from sassl_core.wsi.cache import read_patch
 from sassl_core.wsi.patches import PreparedData
+from sassl_core.wsi.reader import open_slide
+from sassl_core.wsi.tiling import tile_slide
 
-__all__ = ["RunConfig", "RunResult", "load_config", "pretrain", "finetune", "evaluate", "run"]
+__all__ = ["RunConfig", "RunResult", "load_config", "pretrain", "finetune", "evaluate", "run", "heatmap"]
 
 RUN_MARKERS = ("config.yaml", "checkpoints", "metrics.json", ENCODER_FILE)
 
@@ -99,17 +106,66 @@ def finetune(cfg: RunConfig, plugins: PluginSet | None = None) -> RunResult:
     return _finetune_and_evaluate(cfg, plugins, rt, run_dir, prepared, pretrained)
 
 
-def evaluate(cfg: RunConfig, plugins: PluginSet | None = None) -> RunResult:
-    """Re-evaluate the fine-tuned model saved in ``output.dir``."""
-    plugins, rt, run_dir, prepared = _setup(cfg, plugins, "evaluate")
+def _load_finetuned(cfg: RunConfig, plugins: PluginSet, prepared: PreparedData, rt: Runtime, run_dir: Path):
     path = run_dir / "checkpoints" / "finetune_last.pt"
     state = load_checkpoint(path)
     model = build_downstream(cfg, plugins, prepared, None).to(rt.device)
     try:
         model.load_state_dict(state["modules"]["model"])
     except (KeyError, RuntimeError) as err:
-        raise UserError(f"{path}: does not fit backbone '{cfg.backbone.name}' / task '{cfg.task.name}' ({str(err).splitlines()[0][:160]})") from None
+        raise UserError(
+            f"{path}: does not fit backbone '{cfg.backbone.name}' / task '{cfg.task.name}' ({str(err).splitlines()[0][:160]})"
+        ) from None
+    return model.eval()
+
+
+def evaluate(cfg: RunConfig, plugins: PluginSet | None = None) -> RunResult:
+    """Re-evaluate the fine-tuned model saved in ``output.dir``."""
+    plugins, rt, run_dir, prepared = _setup(cfg, plugins, "evaluate")
+    model = _load_finetuned(cfg, plugins, prepared, rt, run_dir)
     return RunResult(run_dir, _evaluate_model(cfg, model, prepared, rt, run_dir))
+
+
+def heatmap(run_dir: Path, slide: Path, out_dir: Path | None = None, cam_patches: int = 4,
+            target_class: int | None = None, plugins: PluginSet | None = None) -> list[Path]:
+    """Whole-slide prediction heatmap and Grad-CAM overlays of a few patches (paper Fig. 5-8).
+
+    The model is the fine-tuned one in ``run_dir``, rebuilt from the run's own config.
+    """
+    run_dir = Path(run_dir)
+    config = run_dir / "config_finetune.yaml"
+    cfg = load_config([config if config.exists() else run_dir / "config.yaml"], {"output": {"quiet": True}})
+    plugins = plugins or default_plugins()
+    rt = init_runtime(cfg.trainer.device)
+    prepared = prepare_dataset(cfg, plugins)
+    model = _load_finetuned(cfg, plugins, prepared, rt, run_dir)
+    out_dir = Path(out_dir or run_dir / "heatmaps")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    kind = model.head.target_kind
+    k = prepared.num_classes - 1 if target_class is None else target_class
+
+    @torch.no_grad()
+    def predict_fn(patches: np.ndarray) -> np.ndarray:
+        out = model.head.predict(model(torch.from_numpy(patches).to(rt.device)).float())
+        if kind == "label":
+            return out[:, k].cpu().numpy()
+        if kind == "mask":
+            return (out > 0).float().mean(dim=(1, 2)).cpu().numpy()
+        return out.cpu().numpy()
+
+    written = [out_dir / f"{slide.stem}_heatmap.png"]
+    slide_heatmap(predict_fn, slide, cfg.data.image_size, cfg.data.target_mpp, written[0],
+                  fallback_mpp=cfg.data.mpp, tissue_threshold=cfg.data.tissue_threshold)
+    if kind == "label" and cam_patches:
+        reader = open_slide(slide, cfg.data.mpp)
+        rows = tile_slide(reader, cfg.data.image_size, cfg.data.target_mpp, cfg.data.tissue_threshold,
+                          max_patches=cam_patches, seed=cfg.trainer.seed)
+        for i, row in enumerate(rows):
+            patch = read_patch(row, cfg.data.image_size)
+            image = model.prepare(torch.from_numpy(patch[None]).to(rt.device))
+            cam = grad_cam(model.encoder, model.head, image, target_class=k)
+            written.append(save_cam_overlay(patch, cam, out_dir / f"{slide.stem}_cam{i}.png"))
+    return written
 
 
 def run(cfg: RunConfig, plugins: PluginSet | None = None) -> RunResult:

@@ -108,6 +108,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("plugins", help="list plugins and their components")
     p.add_argument("--json", action="store_true")
 
+    p = sub.add_parser("heatmap", help="whole-slide prediction heatmap and Grad-CAM patches of a fine-tuned run")
+    p.add_argument("--checkpoint", type=Path, required=True, metavar="RUN", help="run folder holding a fine-tuned model")
+    p.add_argument("--slide", type=Path, required=True)
+    p.add_argument("--out", type=Path, help="output folder (default: RUN/heatmaps)")
+    p.add_argument("--cam-patches", type=int, default=4, help="Grad-CAM overlays of this many tissue patches (cls)")
+    p.add_argument("--class", dest="target_class", type=int, help="class whose probability is painted (default: the last)")
+
     p = sub.add_parser("doctor", help="versions, devices, plugins and data roots")
     p.add_argument("roots", nargs="*", type=Path, metavar="DATA_ROOT")
 
@@ -139,6 +146,14 @@ def cmd_plugins(args: argparse.Namespace) -> int:
         print(f"{p['name']} ({p['distribution']} {p['version']}) — {comps}")
     for f in summary["failed"]:
         print(f"FAILED {f['name']} ({f['distribution']}): {f['error']}")
+    return 0
+
+
+def cmd_heatmap(args: argparse.Namespace) -> int:
+    from sassl_core.api import heatmap
+
+    for path in heatmap(args.checkpoint, args.slide, args.out, args.cam_patches, args.target_class):
+        print(path)
     return 0
 
 
@@ -192,7 +207,7 @@ def cmd_stage(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"plugins": cmd_plugins, "tile": cmd_tile, "doctor": cmd_doctor}
+COMMANDS = {"plugins": cmd_plugins, "tile": cmd_tile, "doctor": cmd_doctor, "heatmap": cmd_heatmap}
 
 
 def main(argv: list[str] | None = None) -> int:

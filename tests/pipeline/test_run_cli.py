@@ -1,10 +1,13 @@
 """`sassl run` end to end: every task on the synthetic default, each real-layout miniature."""
 
 import json
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
+from PIL import Image
 
 from tests.fixtures.layouts import make_breastpathq, make_camelyon16, make_panda, make_tcga
 from tests.pipeline.tiny import TINY, TINY_ANY_DATASET, sassl
@@ -42,6 +45,11 @@ def test_run_every_task_on_synthetic(tmp_path, task):
     assert (out / "pretrain_curves.png").exists()
     if task == "cls":  # patch labels vary within a synthetic slide: no slide-level table
         assert "slide_metrics" not in json.loads((out / "metrics.json").read_text())
+        slide = sorted(Path(os.environ["SASSL_CACHE"]).glob("synthetic/*/centre0_slide0.tif"))[0]
+        printed = sassl("heatmap", "--checkpoint", out, "--slide", slide, "--cam-patches", 2).stdout.split()
+        assert [Path(p).name for p in printed] == ["centre0_slide0_heatmap.png", "centre0_slide0_cam0.png", "centre0_slide0_cam1.png"]
+        heat = np.asarray(Image.open(printed[0]))
+        assert heat.ndim == 3 and heat.shape[0] > 32
 
 
 @pytest.mark.slow
