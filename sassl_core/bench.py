@@ -233,6 +233,7 @@ def mean_std(values: Sequence[float | None]) -> dict | None:
 
 
 def summarise(runs: list[dict]) -> dict:
+    """Mean ± std over seeds of shifted/in-domain accuracy and QWK, and of accuracy per centre."""
     centres = sorted({c for r in runs for c in r["per_centre"]})
     summary = {
         f"{where}_{metric}": mean_std([r.get(where, {}).get(metric) for r in runs])
@@ -265,6 +266,8 @@ def stain_shift_benchmark(
     """
     if not seeds:
         raise UserError("--seeds: expected at least one seed")
+    if base_cfg.task.name != "cls":
+        raise UserError(f"task.name: the stain-shift benchmark scores classification (accuracy, QWK), expected 'cls', found {base_cfg.task.name!r}")
     plugins = plugins or default_plugins()
     out_dir = Path(out_dir)
     base = deep_merge(base_cfg.model_dump(mode="json"), {"data": {"options": {"test_centre": test_centre}}})

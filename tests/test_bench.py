@@ -134,6 +134,13 @@ def test_cli_bad_arm_exits_2_with_one_line(tmp_path, capsys):
     assert not (tmp_path / "b").exists()
 
 
+def test_benchmark_needs_a_classification_task(tmp_path):
+    cfg = RunConfig.model_validate(TINY | {"task": {"name": "reg"}})
+    with pytest.raises(UserError, match="task.name: the stain-shift benchmark scores classification .* found 'reg'"):
+        stain_shift_benchmark(cfg, tmp_path / "b", seeds=[0], arms=["ssl"], test_centre=2)
+    assert not (tmp_path / "b").exists()
+
+
 @pytest.mark.slow
 def test_benchmark_writes_table_and_resumes(tmp_path):
     out = tmp_path / "bench"
