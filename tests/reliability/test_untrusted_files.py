@@ -59,19 +59,16 @@ def _unsafe_pickle_load(path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "write, unsafe_load, message",
-    [
-        (_torch_payload, lambda path: torch.load(path, weights_only=False), "refused to load: not a plain-weights checkpoint"),
-        (_legacy_pickle_payload, _unsafe_pickle_load, "not a readable checkpoint"),
-    ],
+    "write, unsafe_load",
+    [(_torch_payload, lambda path: torch.load(path, weights_only=False)), (_legacy_pickle_payload, _unsafe_pickle_load)],
     ids=["torch zip", "plain pickle"],
 )
-def test_payload_is_live_but_load_checkpoint_refuses_it(tmp_path, marker, write, unsafe_load, message):
+def test_payload_is_live_but_load_checkpoint_refuses_it(tmp_path, marker, write, unsafe_load):
     path = write(tmp_path / "evil.pt", marker)
     unsafe_load(path)
     assert marker.exists()
     marker.unlink()
-    with pytest.raises(UserError, match=f"evil.pt: {message}"):
+    with pytest.raises(UserError, match="evil.pt: refused to load: not a plain-weights checkpoint"):
         load_checkpoint(path)
     assert not marker.exists()
 
