@@ -171,9 +171,14 @@ class Trainer:
     def fit(self, program: Program, batches: Callable[[int], Iterator[dict]]) -> list[dict]:
         """Train; ``batches(skip)`` returns the batch stream with its first ``skip`` batches skipped."""
         start, seen = 0, 0
+        if self.rt.is_main:  # a checkpoint write cut short by SIGKILL leaves its temporary file
+            for stale in self.ckpt_dir.glob(f".{self.last_path.name}.tmp*"):
+                stale.unlink(missing_ok=True)
         if self.out.resume and self.last_path.exists():
             start, seen = self.restore(program)
-        history = HistoryWriter(self.run_dir, self.stage, self.rt.is_main and self.out.tensorboard, resume_at=start)
+        history = HistoryWriter(
+            self.run_dir, self.stage, self.rt.is_main and self.out.tensorboard, resume_at=start, enabled=self.rt.is_main
+        )
         progress = Progress(self.stage, self.total_steps, quiet=self.out.quiet or not self.rt.is_main)
         stream = batches(seen)
         previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
@@ -221,9 +226,10 @@ class Trainer:
 class HistoryWriter:
     """Per-step logs to ``history.csv`` (one file per stage) and TensorBoard event files."""
 
-    def __init__(self, run_dir: Path, stage: str, tensorboard: bool, resume_at: int) -> None:
+    def __init__(self, run_dir: Path, stage: str, tensorboard: bool, resume_at: int, enabled: bool = True) -> None:
         self.path = Path(run_dir) / f"history_{stage}.csv"
         self.stage = stage
+        self.enabled = enabled  # only rank 0 writes
         self.rows: list[dict] = []
         if resume_at and self.path.exists():
             with open(self.path) as fh:
@@ -244,7 +250,7 @@ class HistoryWriter:
 
     def flush(self) -> None:
         """Rewrite the CSV atomically (called with every checkpoint)."""
-        if self.rows:
+        if self.rows and self.enabled:
             keys = sorted({k for r in self.rows for k in r} - {"step"})
             tmp = self.path.with_suffix(".csv.tmp")
             with open(tmp, "w", newline="") as fh:
