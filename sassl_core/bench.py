@@ -19,12 +19,10 @@ deviation (sample, ``ddof = 1``) of accuracy and QWK over the seeds.
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import json
 import re
 import shutil
-import sys
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Sequence
@@ -34,7 +32,7 @@ from PIL import Image
 
 from sassl_core import api
 from sassl_core.checkpoint import atomic_write, load_checkpoint
-from sassl_core.config import RunConfig, deep_merge, parse_override, read_yaml, validate
+from sassl_core.config import RunConfig, deep_merge, validate
 from sassl_core.data import patch_dataset, prepare_dataset
 from sassl_core.errors import UserError
 from sassl_core.evaluate import compute_metrics, predict, write_metrics
@@ -48,32 +46,6 @@ TARGET_FILE = "stain_target.png"
 TARGET_TILES = 4  # the stain target is a TARGET_TILES × TARGET_TILES mosaic of training patches
 
 _RUN_DEFAULTS = {"output": {"quiet": True, "tensorboard": False}, "trainer": {"checkpoint_every": 100000}}
-_SYNTHETIC_SMALL = {"centres": 3, "slides_per_centre": 4, "slide_size": 768, "regions": 4, "stain_shift": 1.0, "seed": 0}
-PRESETS: dict[str, dict] = {
-    # 3 seeds × 4 arms on a 2-core CPU in about half an hour
-    "cpu-small": {
-        "data": {"image_size": 48, "max_per_slide": 32, "options": _SYNTHETIC_SMALL},
-        "backbone": {"name": "resnet18"},
-        "ssl": {"method": "simsiam", "options": {"proj_dim": 128, "proj_hidden_dim": 256}},
-        "sassl": {"hidden_dim": 64},
-        "pretrain": {"steps": 40, "batch_size": 16, "sources_per_batch": 4},
-        "finetune": {"steps": 40, "batch_size": 16},
-        "trainer": {"device": "cpu"},
-    },
-    "gpu": {
-        "data": {
-            "image_size": 128,
-            "max_per_slide": 100,
-            "options": {"centres": 4, "slides_per_centre": 8, "slide_size": 2048, "regions": 8, "stain_shift": 1.0, "seed": 0},
-        },
-        "backbone": {"name": "resnet18"},
-        "ssl": {"method": "simsiam"},
-        "pretrain": {"steps": 1000, "batch_size": 128, "sources_per_batch": 8, "optim": {"warmup_steps": 50}},
-        "finetune": {"steps": 500, "batch_size": 128},
-        "trainer": {"device": "cuda"},
-    },
-}
-SWITCH = {"on": (True,), "off": (False,), "both": (False, True)}
 
 
 @dataclass(frozen=True)
@@ -117,23 +89,23 @@ def expand_arms(
     base_cfg: RunConfig,
     arms: Sequence[str],
     normalisers: Sequence[str],
-    sassl: str | None = None,
-    rl: str | None = None,
+    sassl: Sequence[bool] | None = None,
+    rl: Sequence[bool] | None = None,
     ssl_methods: Sequence[str] | None = None,
     backbones: Sequence[str] | None = None,
 ) -> list[Arm]:
     """The cross product of the stain arms with the ablation axes, in a stable order, no repeats.
 
-    ``sassl`` (``on``/``off``/``both``) replaces each arm's own SASSL choice; ``rl`` likewise
+    ``sassl`` (e.g. ``(False, True)``) replaces each arm's own SASSL choice; ``rl`` likewise
     for residual learning (default: ``task.residual`` of the base config). An axis with several
     values adds them to the arm names (``-norl`` marks "w/o RL" always).
     """
     stain = [parse_arm(a, normalisers) for a in arms]
     if sassl is not None:
-        stain = [(on, norm) for _, norm in stain for on in SWITCH[sassl]]
+        stain = [(on, norm) for _, norm in stain for on in sassl]
     methods = list(ssl_methods or [base_cfg.ssl.method])
     nets = list(backbones or [base_cfg.backbone.name])
-    residuals = SWITCH[rl] if rl is not None else (base_cfg.task.residual,)
+    residuals = tuple(rl) if rl is not None else (base_cfg.task.residual,)
     out: dict[str, Arm] = {}
     for method, net, residual, (on, norm) in itertools.product(methods, nets, residuals, stain):
         parts = [("sassl" if on else "ssl") + (f"+{norm}" if norm else "")]
@@ -251,8 +223,8 @@ def stain_shift_benchmark(
     arms: list[str],
     test_centre: int,
     *,
-    sassl: str | None = None,
-    rl: str | None = None,
+    sassl: Sequence[bool] | None = None,
+    rl: Sequence[bool] | None = None,
     ssl_methods: list[str] | None = None,
     backbones: list[str] | None = None,
     keep_checkpoints: bool = False,
@@ -341,98 +313,3 @@ def render_markdown(report: dict) -> str:
             per = row["summary"]["per_centre_accuracy"]
             lines.append(f"| {row['name']} | " + " | ".join(_cell(per.get(c)) for c in centres) + " |")
     return "\n".join(lines) + "\n"
-
-
-def _csv(text: str) -> list[str]:
-    return [t.strip() for t in text.split(",") if t.strip()]
-
-
-def _seeds(text: str) -> list[int]:
-    try:
-        return [int(t) for t in _csv(text)]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, found {text!r}") from None
-
-
-def add_bench_parser(sub) -> None:
-    """Add ``bench stain-shift`` to the ``sassl`` sub-command parsers ``sub``."""
-    bench = sub.add_parser("bench", help="benchmarks: stain shift vs stain normalisation, ablations")
-    kinds = bench.add_subparsers(dest="bench", required=True)
-    p = kinds.add_parser("stain-shift", help="hold a centre out; compare SSL, SSL + stain normalisation and SASSL")
-    a = p.add_argument
-    a("--preset", choices=sorted(PRESETS), help="starting config (cpu-small: ~30 min on 2 CPU cores)")
-    a("--config", action="append", default=[], type=Path, metavar="FILE", help="YAML config (repeatable, after the preset)")
-    a("--set", action="append", default=[], metavar="KEY=VALUE", help="override any config field")
-    a("--seeds", type=_seeds, default=[0, 1, 2], help="comma-separated seeds (default 0,1,2)")
-    a("--arms", type=_csv, default=["ssl", "reinhard", "macenko", "sassl"],
-      help="ssl, sassl, <normaliser>, sassl+<normaliser> (default ssl,reinhard,macenko,sassl)")
-    a("--sassl", choices=sorted(SWITCH), help="SASSL on every arm: on, off or both (replaces the arms' own)")
-    a("--rl", choices=sorted(SWITCH), help="residual learning: on, off or both")
-    a("--ssl", type=_csv, help="SSL methods, comma-separated (an ablation axis)")
-    a("--backbone", type=_csv, help="backbones, comma-separated (an ablation axis)")
-    a("--test-centre", type=int, default=0, help="centre held out as the shifted test set (default 0)")
-    a("--steps", type=int, help="pretraining steps")
-    a("--finetune-steps", type=int, help="fine-tuning steps")
-    a("--image-size", type=int, help="patch side in pixels")
-    a("--device", choices=["auto", "cpu", "cuda"])
-    a("--keep-checkpoints", action="store_true", help="keep every run's checkpoints (large)")
-    a("--quiet", action="store_true", help="no progress lines")
-    a("--out", type=Path, required=True, help="benchmark folder")
-
-
-def bench_config(args: argparse.Namespace) -> RunConfig:
-    """Preset → ``--config`` files → flags → ``--set``, validated once."""
-    merged = dict(PRESETS.get(args.preset, {}))
-    for path in args.config:
-        merged = deep_merge(merged, read_yaml(path))
-    flags = {
-        ("pretrain", "steps"): args.steps,
-        ("finetune", "steps"): args.finetune_steps,
-        ("data", "image_size"): args.image_size,
-        ("trainer", "device"): args.device,
-    }
-    for (section, key), value in flags.items():
-        if value is not None:
-            merged = deep_merge(merged, {section: {key: value}})
-    for text in args.set:
-        merged = deep_merge(merged, parse_override(text))
-    return validate(merged)
-
-
-def cmd_bench(args: argparse.Namespace) -> int:
-    """``sassl bench stain-shift``: run the benchmark, print the table."""
-    plugins = default_plugins()
-    for failure in plugins.failures:
-        print(f"warning: {failure.message()}", file=sys.stderr)
-    report = stain_shift_benchmark(
-        bench_config(args),
-        args.out,
-        args.seeds,
-        args.arms,
-        args.test_centre,
-        sassl=args.sassl,
-        rl=args.rl,
-        ssl_methods=args.ssl,
-        backbones=args.backbone,
-        keep_checkpoints=args.keep_checkpoints,
-        plugins=plugins,
-        log=(lambda line: None) if args.quiet else (lambda line: print(line, flush=True)),
-    )
-    if not args.quiet:
-        print(render_markdown(report))
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m sassl_core.bench stain-shift ...`` (the same as ``sassl bench stain-shift``)."""
-    parser = argparse.ArgumentParser(prog="sassl")
-    add_bench_parser(parser.add_subparsers(dest="command", required=True))
-    try:
-        return cmd_bench(parser.parse_args(["bench", *(argv if argv is not None else sys.argv[1:])]))
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

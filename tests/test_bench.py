@@ -2,21 +2,14 @@
 
 import argparse
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
-from sassl_core.bench import (
-    SWITCH,
-    add_bench_parser,
-    bench_config,
-    expand_arms,
-    main,
-    mean_std,
-    parse_arm,
-    render_markdown,
-    stain_shift_benchmark,
-)
+from sassl_core.bench import expand_arms, mean_std, parse_arm, render_markdown, stain_shift_benchmark
+from sassl_core.bench_cli import SWITCH, add_bench_parser, bench_config, main
 from sassl_core.config import RunConfig
 from sassl_core.errors import UserError
 
@@ -75,7 +68,7 @@ def test_default_arms_keep_their_order_and_base_axes():
 
 
 def test_ablation_axes_form_the_cross_product():
-    arms = expand_arms(RunConfig(), ["ssl"], NORMALISERS, sassl="both", rl="both", ssl_methods=["simsiam", "moco"],
+    arms = expand_arms(RunConfig(), ["ssl"], NORMALISERS, sassl=SWITCH["both"], rl=SWITCH["both"], ssl_methods=["simsiam", "moco"],
                        backbones=["resnet18", "timm:efficientnet_b0"])
     assert len(arms) == 2 * 2 * 2 * 2
     assert len({a.name for a in arms}) == len(arms)
@@ -85,12 +78,11 @@ def test_ablation_axes_form_the_cross_product():
 
 
 def test_sassl_switch_replaces_the_arms_own_choice_without_repeats():
-    arms = expand_arms(RunConfig(), ["ssl", "sassl", "macenko"], NORMALISERS, sassl="on")
+    arms = expand_arms(RunConfig(), ["ssl", "sassl", "macenko"], NORMALISERS, sassl=SWITCH["on"])
     assert [a.name for a in arms] == ["sassl", "sassl+macenko"]
     assert all(a.sassl for a in arms)
-    off = expand_arms(RunConfig(), ["sassl"], NORMALISERS, rl="off")
+    off = expand_arms(RunConfig(), ["sassl"], NORMALISERS, rl=SWITCH["off"])
     assert [(a.name, a.residual) for a in off] == [("sassl-norl", False)]
-    assert SWITCH["both"] == (False, True)
 
 
 def test_mean_std_is_the_sample_deviation_and_skips_missing():
@@ -125,6 +117,11 @@ def test_config_merges_preset_then_flags_then_set():
     assert cfg.finetune.steps == 3
     assert args.seeds == [4, 5]
     assert args.ssl == ["simsiam", "byol"]
+
+
+def test_cli_module_imports_no_torch():
+    code = "import sys, sassl_core.bench_cli; print('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
 
 
 def test_cli_bad_arm_exits_2_with_one_line(tmp_path, capsys):
