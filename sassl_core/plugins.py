@@ -135,7 +135,7 @@ def load_plugins(extra: Iterable[tuple[str, ModuleType | object]] = ()) -> Plugi
                     impl.function(register=_collector(kind, name, staged))
         except Exception as err:
             pm.unregister(name=name)
-            failures.append(PluginFailure(name, dist, _describe(err)))
+            failures.append(PluginFailure(name, dist, str(err) if isinstance(err, UserError) else _describe(err)))
             continue
         try:
             for component in staged:

@@ -1,0 +1,126 @@
+"""A broken third-party plugin, installed for real (a distribution with ``sassl`` entry points
+on the path): it is named in the message, the other plugins keep working, and
+``SASSL_DISABLE_PLUGINS`` gets the user past it. Loader-level cases live in tests/test_plugins.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import sassl_core.plugins as plugins_module
+from tests.pipeline.tiny import TINY
+from tests.reliability.cli_runs import cli
+
+PLUGINS = {
+    "raises_at_import": "raise ImportError(\"No module named 'missing_dependency'\")\n",
+    "bad_component": (
+        "import sassl_core\n\n"
+        "@sassl_core.hookimpl\n"
+        "def sassl_register_ssl_methods(register):\n"
+        "    register('halfbaked', 'not a factory')\n"
+    ),
+    "hook_fails": (
+        "import sassl_core\n\n"
+        "@sassl_core.hookimpl\n"
+        "def sassl_register_datasets(register):\n"
+        "    raise RuntimeError('cannot reach the licence server')\n"
+    ),
+    "works": (
+        "import sassl_core\n\n"
+        "def build(options, encoder, feature_dim):\n"
+        "    raise NotImplementedError\n\n"
+        "@sassl_core.hookimpl\n"
+        "def sassl_register_ssl_methods(register):\n"
+        "    register('thirdparty_ok', build)\n"
+    ),
+}
+BROKEN = ("raises_at_import", "bad_component", "hook_fails")
+DIST = "sassl-thirdparty-broken"
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory) -> Path:
+    """A folder holding the plugin modules and their distribution's metadata."""
+    site = tmp_path_factory.mktemp("site")
+    for name, source in PLUGINS.items():
+        (site / f"tp_{name}.py").write_text(source)
+    info = site / "sassl_thirdparty_broken-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {DIST}\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[sassl]\n" + "".join(f"{n} = tp_{n}\n" for n in PLUGINS))
+    return site
+
+
+@pytest.fixture
+def installed(site, monkeypatch) -> Path:
+    """The distribution importable in this process, and the plugin set loaded afresh."""
+    monkeypatch.syspath_prepend(str(site))
+    monkeypatch.delenv("SASSL_DISABLE_PLUGINS", raising=False)
+    monkeypatch.setattr(plugins_module, "_DEFAULT", None)
+    yield site
+    plugins_module._DEFAULT = None  # later tests load the plugins without this distribution
+
+
+def _failure(name: str, error: str) -> str:
+    return f"plugin '{name}' (distribution {DIST}) failed: {error}"
+
+
+EXPECTED_ERRORS = {
+    "raises_at_import": "import failed: ImportError: No module named 'missing_dependency'",
+    "bad_component": "plugin 'bad_component' registered ssl method 'halfbaked' with a factory that is not callable",
+    "hook_fails": "RuntimeError: cannot reach the licence server",
+}
+
+
+def test_plugins_lists_each_broken_plugin_and_the_others_work(installed):
+    result = cli("plugins", "--json")
+    assert result.status == 0, result.err
+    summary = json.loads(result.out)
+    failed = {f["name"]: f for f in summary["failed"]}
+    assert set(failed) == set(BROKEN)
+    for name, error in EXPECTED_ERRORS.items():
+        assert failed[name]["distribution"] == DIST and failed[name]["error"] == error
+    assert "thirdparty_ok" in summary["ssl"]  # a working plugin of the same distribution
+    assert {"simsiam", "moco", "byol", "simclr"} <= set(summary["ssl"])  # the shipped ones
+    assert "halfbaked" not in summary["ssl"]
+    assert {"panda", "synthetic"} <= set(summary["dataset"])
+
+
+def test_a_run_warns_by_name_and_goes_on(installed, tmp_path):
+    result = cli("pretrain", "--out", tmp_path / "run", *TINY, "--ssl", "simsam")
+    warnings = [line for line in result.err.splitlines() if line.startswith("warning: plugin")]
+    assert sorted(warnings) == sorted(f"warning: {_failure(n, e)}" for n, e in EXPECTED_ERRORS.items())
+    # the run goes on to its own checks, with every healthy plugin's components available
+    assert result.status == 2
+    assert "error: unknown ssl method 'simsam'; available: " in result.err and "thirdparty_ok" in result.err
+
+
+def test_doctor_fails_on_broken_plugins_until_they_are_disabled(installed, monkeypatch):
+    result = cli("doctor")
+    assert result.status == 1
+    for name, error in EXPECTED_ERRORS.items():
+        assert f"FAILED {_failure(name, error)}" in result.out
+    monkeypatch.setenv("SASSL_DISABLE_PLUGINS", ",".join(BROKEN))
+    monkeypatch.setattr(plugins_module, "_DEFAULT", None)
+    fine = cli("doctor")
+    assert fine.status == 0, fine.out
+    assert "FAILED" not in fine.out
+    assert "plugin works (sassl-thirdparty-broken 0.1): ssl: thirdparty_ok" in fine.out
+
+
+def test_console_script_with_the_distribution_installed(site):
+    """The same through a fresh interpreter, where only the path makes the distribution visible."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))}
+    env["SASSL_DISABLE_PLUGINS"] = "raises_at_import"
+    proc = subprocess.run([sys.executable, "-m", "sassl_core.cli", "plugins"], capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr
+    failed = sorted(line for line in proc.stdout.splitlines() if line.startswith("FAILED"))
+    assert failed == [f"FAILED bad_component ({DIST}): {EXPECTED_ERRORS['bad_component']}",
+                      f"FAILED hook_fails ({DIST}): {EXPECTED_ERRORS['hook_fails']}"]
+    assert any(line.startswith(f"works ({DIST} 0.1) — ssl: thirdparty_ok") for line in proc.stdout.splitlines())
