@@ -66,7 +66,7 @@ def _continues(run_dir: Path, stage: str) -> bool:
 def _setup(cfg: RunConfig, plugins: PluginSet | None, stage: str) -> tuple[PluginSet, Runtime, Path, PreparedData]:
     plugins = plugins or default_plugins()
     rt = init_runtime(cfg.trainer.device)
-    seed_everything(cfg.trainer.seed + rt.rank)
+    seed_everything(cfg.trainer.seed)  # every rank builds identical initial weights
     run_dir = open_run_dir(cfg, rt, stage)
     prepared = prepare_dataset(cfg, plugins)
     return plugins, rt, run_dir, prepared
