@@ -11,8 +11,9 @@ from PIL import Image
 from sassl_core.heatmap import grad_cam, save_cam_overlay, slide_heatmap
 from sassl_core.transfer import build_dual_encoder
 from sassl_plugins.tasks import cls
+from tests.fixtures.he_images import shared_data_dir
 
-SHARED_SLIDE = Path(__file__).resolve().parents[2] / "shared" / "data" / "cmu_small_region.svs"
+SHARED_SLIDE = shared_data_dir() / "cmu_small_region.svs"
 
 
 def linear_head(channels: int, weight: float) -> cls.ClassificationHead:

@@ -8,8 +8,9 @@ import pytest
 
 from sassl_core.errors import UserError
 from tests.fixtures.layouts import TCGA_SLIDES, make_tcga
+from tests.fixtures.he_images import shared_data_dir
 
-SHARED_SVS = Path(__file__).resolve().parents[3] / "shared" / "data" / "cmu_small_region.svs"
+SHARED_SVS = shared_data_dir() / "cmu_small_region.svs"
 
 
 def _by_slide(table):

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 from sassl_core.wsi.reader import write_pyramid_tiff
+from tests.fixtures.he_images import shared_data_dir
 
-SHARED = Path("/work/shared/data")
+SHARED = shared_data_dir()
 SLIDE_MPP = 0.25  # level 0; level 1 is 0.5 µm/px, level 2 1.0 µm/px
 WIDTH, HEIGHT = 1024, 768
 

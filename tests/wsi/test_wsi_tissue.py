@@ -6,6 +6,7 @@ from PIL import Image
 
 from sassl_core.wsi.reader import open_slide
 from sassl_core.wsi.tissue import TissueMask, detect_tissue, save_overlay, tissue_from_thumbnail
+from tests.fixtures.he_images import shared_data_dir
 
 
 def _iou(a: np.ndarray, b: np.ndarray) -> float:
@@ -40,7 +41,7 @@ def test_image_all_tissue_keeps_pale_stain():
 
 
 def test_real_tile_is_mostly_tissue():
-    path = Path("/work/shared/data/histo.jpg")
+    path = shared_data_dir() / "histo.jpg"
     if not path.is_file():
         pytest.skip(f"{path} not present")
     with open_slide(path, fallback_mpp=0.5) as reader:
