@@ -33,7 +33,7 @@ import sassl_core
 from sassl_core.errors import UserError
 from sassl_core.wsi.patches import DatasetContext, PreparedData
 from sassl_core.wsi.reader import SlideReader
-from sassl_plugins.datasets.common import fraction_map, patch_extent, prepare, split_groups, tile_slides
+from sassl_plugins.datasets.common import fraction_map, patch_extent, prepare, read_text, split_groups, tile_slides
 from sassl_plugins.datasets.tiff_slides import level_shapes, write_pyramid
 
 TUMOUR_GROUPS = {"_0", "_1", "tumor", "tumour", "metastases"}
@@ -113,7 +113,7 @@ def read_reference(path: Path) -> dict[str, str]:
     if not path.is_file():
         return {}
     out = {}
-    for line_no, line in enumerate(path.read_text().splitlines(), start=1):
+    for line_no, line in enumerate(read_text(path).splitlines(), start=1):
         fields = [f.strip() for f in line.split(",")]
         if not fields[0] or (line_no == 1 and fields[0].lower() in {"name", "image", "slide"}):
             continue

@@ -4,6 +4,7 @@ and per-patch fractions of a label raster."""
 from __future__ import annotations
 
 import csv
+import io
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -18,26 +19,39 @@ from sassl_core.wsi.tissue import TissueMask
 Row = dict[str, str]
 
 
-def read_table(path: Path, required: Iterable[str], delimiter: str = ",") -> list[Row]:
-    """Rows of a delimited text file with a header, as dicts with whitespace stripped.
-
-    Raises :class:`UserError` naming the file when it is missing or lacks a ``required`` column.
-    Each row gets ``_line`` (its 1-based line number) for error messages.
-    """
+def read_text(path: Path) -> str:
+    """The UTF-8 text of ``path`` (a byte-order mark is dropped); a missing file or bytes that
+    are not UTF-8 raise :class:`UserError` naming the file."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: file not found")
-    with open(path, newline="", encoding="utf-8-sig") as fh:
-        reader = csv.DictReader(fh, delimiter=delimiter)
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise UserError(f"{path}: expected UTF-8 text, found byte 0x{err.object[err.start]:02x} at offset {err.start}") from None
+
+
+def read_table(path: Path, required: Iterable[str], delimiter: str = ",") -> list[Row]:
+    """Rows of a delimited text file with a header, as dicts with whitespace stripped.
+
+    Raises :class:`UserError` naming the file when it is missing, not UTF-8 text, not parsable
+    as delimited text, or lacks a ``required`` column. Each row gets ``_line`` (its 1-based
+    line number) for error messages.
+    """
+    path = Path(path)
+    reader = csv.DictReader(io.StringIO(read_text(path), newline=""), delimiter=delimiter)
+    try:
         header = [h.strip() for h in reader.fieldnames or []]
         missing = [c for c in required if c not in header]
         if missing:
             raise UserError(f"{path}: expected columns {', '.join(missing)}, found {', '.join(header) or 'no header'}")
         rows = []
-        for line, raw in enumerate(reader, start=2):
-            row = {k.strip(): (v or "").strip() for k, v in raw.items() if k is not None}
-            row["_line"] = str(line)
+        for raw in reader:
+            row = {k.strip(): (v or "").strip() if isinstance(v, str) else "" for k, v in raw.items() if k is not None}
+            row["_line"] = str(reader.line_num)
             rows.append(row)
+    except csv.Error as err:
+        raise UserError(f"{path}: line {reader.line_num}: not readable as delimited text ({err})") from None
     return rows
 
 
