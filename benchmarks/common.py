@@ -9,7 +9,6 @@ step), as the figures of DESIGN.md §4 do.
 
 from __future__ import annotations
 
-import copy
 import gc
 import importlib.util
 import itertools
@@ -84,46 +83,51 @@ class Timing:
 
     def as_dict(self, items: int | None = None) -> dict:
         out = asdict(self)
+        out["min_s"] = min(self.times_s)  # the least disturbed call, for a CPU shared with other work
         if items is not None:
             out["img_per_s"] = round(self.rate(items), 2)
         return out
 
 
-def measure(fn: Callable[[], object], device: torch.device, warmup: int = 2, repeats: int = 5) -> Timing:
-    """Median wall time of ``fn()`` over ``repeats`` calls after ``warmup`` calls.
+def measure(fn: Callable[[], object], device: torch.device, warmup: int = 2, repeats: int = 5,
+            clock: Callable[[], float] = time.perf_counter) -> Timing:
+    """Median time of ``fn()`` over ``repeats`` calls after ``warmup`` calls (wall time unless
+    ``clock`` says otherwise, e.g. ``time.process_time``: see :func:`measure_interleaved`).
 
     >>> t = measure(lambda: sum(range(100)), torch.device("cpu"), warmup=1, repeats=3)
     >>> len(t.times_s), t.median_s > 0
     (3, True)
     """
-    start = time.perf_counter()
+    start = clock()
     for _ in range(warmup):
         fn()
     synchronize(device)
-    warmup_s = time.perf_counter() - start
+    warmup_s = clock() - start
     reset_peak_memory(device)
     times = []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start = clock()
         fn()
         synchronize(device)
-        times.append(time.perf_counter() - start)
+        times.append(clock() - start)
     return Timing(statistics.median(times), times, peak_memory_gib(device), warmup_s)
 
 
 def measure_interleaved(fns: dict[str, Callable[[], object]], device: torch.device, warmup: int = 2,
-                        repeats: int = 5) -> dict[str, Timing]:
+                        repeats: int = 5, clock: Callable[[], float] = time.perf_counter) -> dict[str, Timing]:
     """:func:`measure` for several callables at once, one call of each per round, so that load
     from other processes (a shared CPU) falls on all of them alike. No peak memory: every
-    callable's tensors are alive together."""
+    callable's tensors are alive together. On a busy CPU, ``clock=time.process_time`` (the CPU
+    time this process computed, blind to the time it waited for a core) with one torch thread
+    is far steadier than wall time."""
     warmup_s = dict.fromkeys(fns, 0.0)
     times: dict[str, list[float]] = {name: [] for name in fns}
     for round_ in range(warmup + repeats):
         for name, fn in fns.items():
-            start = time.perf_counter()
+            start = clock()
             fn()
             synchronize(device)
-            elapsed = time.perf_counter() - start
+            elapsed = clock() - start
             if round_ < warmup:
                 warmup_s[name] += elapsed
             else:
@@ -169,18 +173,6 @@ def is_out_of_memory(err: BaseException) -> bool:
 
 
 # -- the raw SSL step (the ceiling) ----------------------------------------------------------
-def _head(in_dim: int, hidden: int, out_dim: int, layers: int, last_bn: bool) -> nn.Sequential:
-    mods: list[nn.Module] = []
-    dim = in_dim
-    for _ in range(layers - 1):
-        mods += [nn.Linear(dim, hidden, bias=False), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True)]
-        dim = hidden
-    mods.append(nn.Linear(dim, out_dim, bias=not last_bn))
-    if last_bn:
-        mods.append(nn.BatchNorm1d(out_dim, affine=False))
-    return nn.Sequential(*mods)
-
-
 class RawSimSiam(nn.Module):
     """Backbone + 3-layer projector + 2-layer predictor and the symmetric negative-cosine loss
     (SimSiam, paper §3.1 Eq. 3), with nothing else. ``momentum=True`` adds a frozen target copy
@@ -192,13 +184,18 @@ class RawSimSiam(nn.Module):
         super().__init__()
         import timm
 
+        ensure_importable()
+        from sassl_core.ssl.mlp import build_mlp
+        from sassl_core.ssl.momentum import frozen_copy
+
         kwargs = {"img_size": image_size} if backbone.startswith(("vit", "swin", "deit")) else {}
         self.encoder = timm.create_model(backbone, pretrained=False, num_classes=0, **kwargs)
-        self.projector = _head(self.encoder.num_features, proj_hidden, proj_dim, 3, last_bn=True)
-        self.predictor = _head(proj_dim, pred_hidden, proj_dim, 2, last_bn=False)
-        self.target = None
-        if momentum:
-            self.target = copy.deepcopy(nn.Sequential(self.encoder, self.projector)).requires_grad_(False)
+        self.projector = build_mlp(self.encoder.num_features, proj_hidden, proj_dim, 3, last_batch_norm=True)
+        self.predictor = build_mlp(proj_dim, pred_hidden, proj_dim, 2)
+        self.target = frozen_copy(self._online()) if momentum else None
+
+    def _online(self) -> nn.Sequential:
+        return nn.Sequential(self.encoder, self.projector)
 
     def forward(self, x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
         z1, z2 = self.projector(self.encoder(x1)), self.projector(self.encoder(x2))
@@ -212,9 +209,11 @@ class RawSimSiam(nn.Module):
 
     @torch.no_grad()
     def ema(self, momentum: float = 0.99) -> None:
+        """The momentum update of the target (MoCo/BYOL's ``after_step``); nothing without one."""
         if self.target is not None:
-            online = list(self.encoder.parameters()) + list(self.projector.parameters())
-            torch._foreach_lerp_(list(self.target.parameters()), online, 1.0 - momentum)
+            from sassl_core.ssl.momentum import ema_update
+
+            ema_update(self.target, self._online(), momentum)
 
 
 @dataclass

@@ -3,7 +3,7 @@ against the raw SSL step of the same backbone — all three measured in one proc
 
     python benchmarks/pretrain_step.py [--method simsiam] [--backbone resnet18] [--image-size 64]
         [--batch 16] [--sources 4] [--device cpu|cuda] [--no-amp] [--compile] [--no-channels-last]
-        [--grad-checkpointing] [--warmup 2] [--repeats 5] [--json OUT]
+        [--grad-checkpointing] [--threads N] [--cpu-time] [--warmup 2] [--repeats 5] [--json OUT]
 
 * real, stain adversary on: ``Trainer.train_step`` on ``build_pretrain_program`` (paper §3.2:
   views made on the device from uint8 patches, the SSL method, a discriminator step on detached
@@ -13,7 +13,8 @@ against the raw SSL step of the same backbone — all three measured in one proc
   target's forward for MoCo and BYOL).
 
 On the CPU the three cases are interleaved call by call (load from other processes falls on
-all alike); on CUDA each is measured alone, so that its peak memory is its own. Patches are
+all alike; ``--threads 1 --cpu-time`` times by the process's CPU time, blind to waits for a
+core); on CUDA each is measured alone, so that its peak memory is its own. Patches are
 random uint8 arrays already on the device: this times the step, not data loading
 (``benchmarks/gpu_suite.py`` measures the end-to-end path from the patch cache). Rates count
 both views (2 × batch images per step). Printed ratios: adversary on / off (its overhead) and
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -56,6 +58,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--compile", action="store_true", help="torch.compile the model on both sides")
     parser.add_argument("--no-channels-last", dest="channels_last", action="store_false")
     parser.add_argument("--grad-checkpointing", action="store_true", help="activation checkpointing in the backbone")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice; 1 is steadier on a busy CPU)")
+    parser.add_argument("--cpu-time", action="store_true",
+                        help="CPU only: time by this process's CPU time, not wall time (steadier on a busy machine)")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--json", type=Path, metavar="OUT", help="write the figures to this JSON file")
@@ -69,6 +74,8 @@ def run(args: argparse.Namespace) -> dict:
         grad_checkpointing=args.grad_checkpointing,
     )
     device = settings.torch_device
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     plugins = benchmark_plugins()
@@ -81,7 +88,8 @@ def run(args: argparse.Namespace) -> dict:
     }
     if device.type == "cpu":  # a shared CPU: interleave the cases call by call
         steps = {name: build() for name, build in cases.items()}
-        timings = measure_interleaved(steps, device, args.warmup, args.repeats)
+        clock = time.process_time if args.cpu_time else time.perf_counter
+        timings = measure_interleaved(steps, device, args.warmup, args.repeats, clock)
     else:  # one case at a time, so that each peak memory is its own
         for name, build in cases.items():
             step = build()
@@ -92,7 +100,8 @@ def run(args: argparse.Namespace) -> dict:
     rates = {name: t.rate(images) for name, t in timings.items()}
     result = {
         "benchmark": "pretrain_step",
-        "settings": {**vars(settings), "method": args.method, "sources_per_batch": args.sources},
+        "settings": {**vars(settings), "method": args.method, "sources_per_batch": args.sources,
+                     "clock": "process_time" if args.cpu_time and device.type == "cpu" else "wall"},
         "environment": environment(device),
         "timings": {name: t.as_dict(images) for name, t in timings.items()},
         "ratio_sassl_over_plain": round(rates["sassl"] / rates["plain"], 4),
@@ -108,12 +117,15 @@ def report(result: dict) -> str:
     head = (
         f"{s['method']} step, {s['backbone']} {s['image_size']}px, batch {s['batch']} "
         f"({2 * s['batch']} images), {s['device']}, amp={s['amp']}, compile={s['compile']}, "
-        f"channels_last={s['channels_last']}"
+        f"channels_last={s['channels_last']}, clock={s['clock']}"
     )
     lines = [head]
     for name, label in (("raw", "raw SSL step"), ("plain", "real, adversary off"), ("sassl", "real, adversary on")):
         peak = f", peak {t[name]['peak_gib']} GiB" if t[name]["peak_gib"] is not None else ""
-        lines.append(f"  {label:<22} {t[name]['median_s'] * 1e3:9.1f} ms  {t[name]['img_per_s']:9.1f} img/s{peak}")
+        lines.append(
+            f"  {label:<22} {t[name]['median_s'] * 1e3:9.1f} ms  {t[name]['img_per_s']:9.1f} img/s  "
+            f"(fastest call {t[name]['min_s'] * 1e3:.1f} ms){peak}"
+        )
     lines.append(
         f"  ratio sassl/plain {result['ratio_sassl_over_plain']:.3f} "
         f"(discriminator overhead {100 * result['discriminator_overhead']:.1f}% of the step), "
