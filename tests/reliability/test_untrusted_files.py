@@ -58,6 +58,7 @@ def _unsafe_pickle_load(path: Path) -> None:
         pickle.load(fh)
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 @pytest.mark.parametrize(
     "write, unsafe_load",
     [(_torch_payload, lambda path: torch.load(path, weights_only=False)), (_legacy_pickle_payload, _unsafe_pickle_load)],
