@@ -8,13 +8,18 @@
 
 from __future__ import annotations
 
+import json
 import shutil
+import sys
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
 
+from sassl_core.backbone import TIMM_PREFIX
 from sassl_core.checkpoint import atomic_write, load_checkpoint
 from sassl_core.config import RunConfig, load_config
 from sassl_core.data import prepare_dataset
@@ -43,19 +48,13 @@ class RunResult:
     encoder_path: Path | None = None
 
 
-def open_run_dir(cfg: RunConfig, rt: Runtime, stage: str) -> Path:
-    """Create the run folder; refuse one that already holds a run unless resuming/overwriting."""
+def check_run_dir(cfg: RunConfig, stage: str) -> bool:
+    """Refuse a folder that already holds a run unless resuming/overwriting; True if it holds one."""
     run_dir = Path(cfg.output.dir)
     held = run_dir.is_dir() and any((run_dir / m).exists() for m in RUN_MARKERS)
     if held and not (cfg.output.resume or cfg.output.overwrite) and not _continues(run_dir, stage):
         raise UserError(f"output.dir: {run_dir} already holds a run; pass --resume to continue it or --overwrite to replace it")
-    if held and cfg.output.overwrite and not cfg.output.resume and rt.is_main and stage in ("run", "pretrain"):
-        shutil.rmtree(run_dir)
-    if rt.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write(run_dir / f"config_{stage}.yaml" if stage in ("finetune", "evaluate") else run_dir / "config.yaml",
-                     lambda tmp: Path(tmp).write_text(cfg.to_yaml()))
-    return run_dir
+    return held
 
 
 def _continues(run_dir: Path, stage: str) -> bool:
@@ -63,22 +62,59 @@ def _continues(run_dir: Path, stage: str) -> bool:
     return stage == "evaluate" or (stage == "finetune" and (run_dir / ENCODER_FILE).exists())
 
 
-def _setup(cfg: RunConfig, plugins: PluginSet | None, stage: str) -> tuple[PluginSet, Runtime, Path, PreparedData]:
+def _check_names(cfg: RunConfig, plugins: PluginSet, stage: str) -> None:
+    """Unknown component names fail before anything is written."""
+    if stage in ("run", "pretrain"):
+        plugins["ssl"].get(cfg.ssl.method)
+    if stage != "pretrain":
+        plugins["task"].get(cfg.task.name)
+    if not cfg.backbone.name.startswith(TIMM_PREFIX):
+        plugins["backbone"].get(cfg.backbone.name)
+
+
+def _write_run_dir(cfg: RunConfig, run_dir: Path, stage: str, prepared: PreparedData) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config = run_dir / (f"config_{stage}.yaml" if stage in ("finetune", "evaluate") else "config.yaml")
+    if not (cfg.output.resume and config.exists()):  # a resumed run keeps the settings it started with
+        atomic_write(config, lambda tmp: Path(tmp).write_text(cfg.to_yaml()))
+    if prepared.skipped:
+        atomic_write(run_dir / "skipped_slides.json", lambda tmp: Path(tmp).write_text(json.dumps(prepared.skipped, indent=2)))
+
+
+@contextmanager
+def _stage(cfg: RunConfig, plugins: PluginSet | None, stage: str) -> Iterator[tuple[PluginSet, Runtime, Path, PreparedData]]:
+    """Check everything that can be checked, then open the run folder; a stage refused with a
+    :class:`UserError` before it produced anything leaves no folder behind."""
     plugins = plugins or default_plugins()
     rt = init_runtime(cfg.trainer.device)
     seed_everything(cfg.trainer.seed)  # every rank builds identical initial weights
-    run_dir = open_run_dir(cfg, rt, stage)
+    run_dir = Path(cfg.output.dir)
+    held = check_run_dir(cfg, stage)
+    _check_names(cfg, plugins, stage)
     prepared = prepare_dataset(cfg, plugins)
-    return plugins, rt, run_dir, prepared
+    for item in prepared.skipped:
+        print(f"warning: skipped slide {item}", file=sys.stderr)
+    fresh = not run_dir.exists() or (held and cfg.output.overwrite and not cfg.output.resume and stage in ("run", "pretrain"))
+    if rt.is_main:
+        if fresh and run_dir.exists():
+            shutil.rmtree(run_dir)
+        _write_run_dir(cfg, run_dir, stage, prepared)
+    try:
+        yield plugins, rt, run_dir, prepared
+    except UserError:
+        leftovers = {p.name for p in run_dir.iterdir()} if run_dir.is_dir() else set()
+        if fresh and rt.is_main and leftovers <= {"config.yaml", f"config_{stage}.yaml", "skipped_slides.json"}:
+            shutil.rmtree(run_dir)
+        raise
 
 
 def pretrain(cfg: RunConfig, plugins: PluginSet | None = None) -> RunResult:
     """Stage 1 alone: writes ``encoder.safetensors`` and the pretraining checkpoint."""
-    plugins, rt, run_dir, prepared = _setup(cfg, plugins, "pretrain")
-    result = pretrain_stage(cfg, plugins, prepared, run_dir, rt)
-    if rt.is_main:
-        plot_curves(result.history, "pretraining", run_dir / "pretrain_curves.png")
-    return RunResult(run_dir, encoder_path=result.encoder_path)
+    with _stage(cfg, plugins, "pretrain") as (plugins, rt, run_dir, prepared):
+        result = pretrain_stage(cfg, plugins, prepared, run_dir, rt)
+        if rt.is_main:
+            plot_curves(result.history, "pretraining", run_dir / "pretrain_curves.png")
+        return RunResult(run_dir, encoder_path=result.encoder_path)
 
 
 def _finetune_and_evaluate(cfg, plugins, rt, run_dir, prepared, pretrained) -> RunResult:
@@ -101,9 +137,9 @@ def _evaluate_model(cfg, model, prepared, rt, run_dir) -> dict:
 
 def finetune(cfg: RunConfig, plugins: PluginSet | None = None) -> RunResult:
     """Stage 2 from ``finetune.pretrained`` (or this run folder's encoder), then evaluation."""
-    plugins, rt, run_dir, prepared = _setup(cfg, plugins, "finetune")
-    pretrained = resolve_pretrained(cfg.finetune.pretrained or (run_dir if (run_dir / ENCODER_FILE).exists() else None))
-    return _finetune_and_evaluate(cfg, plugins, rt, run_dir, prepared, pretrained)
+    with _stage(cfg, plugins, "finetune") as (plugins, rt, run_dir, prepared):
+        pretrained = resolve_pretrained(cfg.finetune.pretrained or (run_dir if (run_dir / ENCODER_FILE).exists() else None))
+        return _finetune_and_evaluate(cfg, plugins, rt, run_dir, prepared, pretrained)
 
 
 def _load_finetuned(cfg: RunConfig, plugins: PluginSet, prepared: PreparedData, rt: Runtime, run_dir: Path):
@@ -121,9 +157,9 @@ def _load_finetuned(cfg: RunConfig, plugins: PluginSet, prepared: PreparedData, 
 
 def evaluate(cfg: RunConfig, plugins: PluginSet | None = None) -> RunResult:
     """Re-evaluate the fine-tuned model saved in ``output.dir``."""
-    plugins, rt, run_dir, prepared = _setup(cfg, plugins, "evaluate")
-    model = _load_finetuned(cfg, plugins, prepared, rt, run_dir)
-    return RunResult(run_dir, _evaluate_model(cfg, model, prepared, rt, run_dir))
+    with _stage(cfg, plugins, "evaluate") as (plugins, rt, run_dir, prepared):
+        model = _load_finetuned(cfg, plugins, prepared, rt, run_dir)
+        return RunResult(run_dir, _evaluate_model(cfg, model, prepared, rt, run_dir))
 
 
 def heatmap(run_dir: Path, slide: Path, out_dir: Path | None = None, cam_patches: int = 4,
@@ -170,8 +206,8 @@ def heatmap(run_dir: Path, slide: Path, out_dir: Path | None = None, cam_patches
 
 def run(cfg: RunConfig, plugins: PluginSet | None = None) -> RunResult:
     """The whole job: pretrain → fine-tune → evaluate → report."""
-    plugins, rt, run_dir, prepared = _setup(cfg, plugins, "run")
-    pretrained = None
-    if cfg.pretrain.steps > 0:
-        pretrained = pretrain_stage(cfg, plugins, prepared, run_dir, rt).encoder_path
-    return _finetune_and_evaluate(cfg, plugins, rt, run_dir, prepared, pretrained)
+    with _stage(cfg, plugins, "run") as (plugins, rt, run_dir, prepared):
+        pretrained = None
+        if cfg.pretrain.steps > 0:
+            pretrained = pretrain_stage(cfg, plugins, prepared, run_dir, rt).encoder_path
+        return _finetune_and_evaluate(cfg, plugins, rt, run_dir, prepared, pretrained)

@@ -63,13 +63,31 @@ def load_weights(model: nn.Module, path: Path, name: str) -> None:
 
 
 def create_backbone(plugins: PluginSet, name: str, options: dict | None, image_size: int) -> nn.Module:
-    """A registered backbone by name, or any timm model as ``timm:<name>``."""
+    """A registered backbone by name, or any timm model as ``timm:<name>``, checked to take
+    ``image_size`` px inputs."""
     if name.startswith(TIMM_PREFIX):
         timm_name = name[len(TIMM_PREFIX):]
         if timm_name not in timm.list_models():
             raise UserError(f"unknown timm model '{timm_name}' (see timm.list_models())")
-        return build_timm(timm_name, TimmOptions.model_validate(options or {}), image_size)
-    return plugins["backbone"].create(name, options, image_size=image_size)
+        model = build_timm(timm_name, TimmOptions.model_validate(options or {}), image_size)
+    else:
+        model = plugins["backbone"].create(name, options, image_size=image_size)
+    check_input_size(model, name, image_size)
+    return model
+
+
+def check_input_size(model: nn.Module, name: str, image_size: int) -> None:
+    """One tiny forward pass, so a size the backbone cannot take is a clear error up front."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, 3, image_size, image_size))
+    except (RuntimeError, ValueError, AssertionError) as err:
+        first = (str(err).splitlines() or [type(err).__name__])[0][:200]
+        raise UserError(f"data.image_size: backbone '{name}' cannot take {image_size} px images ({first})") from None
+    finally:
+        model.train(was_training)
 
 
 def pooled_dim(model: nn.Module) -> int:

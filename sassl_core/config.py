@@ -150,9 +150,11 @@ def deep_merge(base: dict, update: Mapping) -> dict:
 def read_yaml(path: Path) -> dict:
     """A YAML mapping from ``path``, read with the safe loader."""
     try:
-        text = Path(path).read_text()
+        text = Path(path).read_text(encoding="utf-8")
     except OSError as err:
         raise UserError(f"{path}: cannot read config ({err.strerror or err})") from None
+    except UnicodeDecodeError as err:
+        raise UserError(f"{path}: expected UTF-8 text, found byte 0x{err.object[err.start]:02x} at offset {err.start}") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as err:

@@ -155,7 +155,11 @@ def finetune(
     if len(table) == 0:
         raise UserError(f"dataset '{cfg.data.dataset}': no labelled training patches for task '{cfg.task.name}'")
     dataset = patch_dataset(cfg, table, with_masks=kind == "mask", quiet=cfg.output.quiet or not rt.is_main)
-    batch_size = min(cfg.finetune.batch_size, len(table))
+    batch_size = cfg.finetune.batch_size
+    if batch_size > len(table):
+        raise UserError(
+            f"finetune.batch_size: expected at most {len(table)} (the labelled training patches), found {batch_size}"
+        )
     normalise = build_stain_norm(cfg, plugins, rt.device)
     aug_rng = torch.Generator().manual_seed(cfg.trainer.seed + 17)
     steps = cfg.finetune.steps

@@ -55,6 +55,10 @@ def _embedding_dim(model: torch.nn.Module, image_size: int, device: torch.device
 
 
 def balanced_sampler(cfg: RunConfig, ids, rt: Runtime) -> SourceBalancedBatchSampler:
+    if cfg.pretrain.batch_size > len(ids):
+        raise UserError(
+            f"pretrain.batch_size: expected at most {len(ids)} (the training patches), found {cfg.pretrain.batch_size}"
+        )
     k = min(cfg.pretrain.sources_per_batch, int(ids.max()) + 1)
     m = cfg.pretrain.batch_size // k
     if m < 2:

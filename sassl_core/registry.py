@@ -81,4 +81,13 @@ class Registry:
     def create(self, name: str, options: dict | BaseModel | None = None, /, **kwargs: Any) -> Any:
         """Build component ``name`` with validated ``options`` and the core's ``kwargs``."""
         component = self.get(name)
-        return component.factory(options=component.parse_options(options), **kwargs)
+        parsed = component.parse_options(options)
+        try:
+            return component.factory(options=parsed, **kwargs)
+        except UserError:
+            raise
+        except Exception as err:  # a plugin's own bug: name it instead of a bare traceback
+            first = (str(err).splitlines() or [""])[0][:200]
+            raise UserError(
+                f"{KINDS[self.kind]} '{name}' (plugin '{component.plugin}') failed to build: {type(err).__name__}: {first}"
+            ) from err

@@ -297,7 +297,6 @@ def test_batch_larger_than_the_data_is_refused(tmp_path):
     assert_user_error(result, "found")
 
 
-@pytest.mark.xfail(strict=True, reason="the sampler's message names sources_per_batch, not the batch size the user set")
 def test_batch_larger_than_the_data_names_the_batch_size(tmp_path):
     result = cli("pretrain", "--steps", 1, "--out", tmp_path / "run", *TINY, "--batch-size", 4000)
     assert_user_error(result, "pretrain.batch_size", "4000")
@@ -308,13 +307,11 @@ def test_image_size_below_the_minimum(tmp_path):
     assert_user_error(result, "config field data.image_size: Input should be greater than or equal to 16 (found 8)")
 
 
-@pytest.mark.xfail(strict=True, raises=RuntimeError, reason="a backbone's failure on the image size is not turned into a UserError")
 def test_image_size_a_backbone_cannot_take(tmp_path):
     result = cli("pretrain", "--steps", 1, "--out", tmp_path / "run", *TINY, "--backbone", "timm:inception_v3")
     assert_user_error(result, "data.image_size", "inception_v3", "32")
 
 
-@pytest.mark.xfail(strict=True, reason="config.yaml is written before the data and components are checked")
 @pytest.mark.parametrize("flags", [["--dataset", "pandas"], ["--ssl", "simsam"], ["--batch-size", 4000]])
 def test_refused_start_leaves_no_run_folder(tmp_path, flags):
     out = tmp_path / "run"
@@ -353,7 +350,6 @@ def test_resume_with_another_backbone(run_copy):
     assert_user_error(result, "checkpoints/pretrain_last.pt: does not fit this run's ssl (another backbone, method or task?)")
 
 
-@pytest.mark.xfail(strict=True, reason="a refused --resume has already rewritten config.yaml with the new settings")
 def test_refused_resume_keeps_the_runs_config(run_copy):
     before = (run_copy / "config.yaml").read_text()
     assert cli("pretrain", "--steps", 2, "--out", run_copy, *TINY, "--resume", "--backbone", "efficientnet_b0").status == 2

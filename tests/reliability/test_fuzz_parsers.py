@@ -100,7 +100,6 @@ def test_config_file_loads_or_raises_user_error(data):
         pass
 
 
-@pytest.mark.xfail(strict=True, raises=UnicodeDecodeError, reason="config.read_yaml lets UnicodeDecodeError through")
 def test_config_file_that_is_not_utf8():
     path = SCRATCH.write("latin1.yaml", "trainer: {seed: 1}  # réglage\n".encode("latin-1"))
     with pytest.raises(UserError, match="latin1.yaml"):
