@@ -12,6 +12,7 @@ import json
 import sys
 from pathlib import Path
 
+from sassl_core.bench_cli import add_bench_parser, cmd_bench
 from sassl_core.errors import UserError
 
 # flag destination → config path it sets
@@ -104,6 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
         ("evaluate", "re-evaluate the fine-tuned model of a run"),
     ):
         _run_options(sub.add_parser(name, help=help_text))
+
+    add_bench_parser(sub)
 
     p = sub.add_parser("plugins", help="list plugins and their components")
     p.add_argument("--json", action="store_true")
@@ -207,7 +210,7 @@ def cmd_stage(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"plugins": cmd_plugins, "tile": cmd_tile, "doctor": cmd_doctor, "heatmap": cmd_heatmap}
+COMMANDS = {"plugins": cmd_plugins, "tile": cmd_tile, "doctor": cmd_doctor, "heatmap": cmd_heatmap, "bench": cmd_bench}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,7 +17,7 @@ def read_target(path) -> np.ndarray:
     """The stain target image as uint8 ``(1, H, W, 3)``."""
     try:
         with Image.open(path) as img:
-            return np.asarray(img.convert("RGB"))[None]
+            return np.array(img.convert("RGB"))[None]
     except (OSError, ValueError) as err:
         raise UserError(f"data.stain_target: cannot read image {path} ({err})") from None
 
