@@ -4,6 +4,12 @@ Every name below is a timm model name; ``sassl_core.backbone.create_backbone`` a
 ``timm:<any timm name>`` for models not listed here. ProxylessNAS is not in timm; its nearest
 relative there is ``spnasnet_100`` (Single-Path NAS: the same MobileNetV2 inverted-residual
 search space and hardware-aware one-shot search), registered as ``proxylessnas``.
+
+Input size is not fixed: CNNs pool globally and take any size their strides allow (NASNet's
+stem needs about 96 px or more); ViT and Swin fix their patch grid at construction, so they
+are built for the run's ``data.image_size`` (timm resamples position embeddings and Swin's
+windows to it, also for pretrained weights). A size a backbone cannot take is refused up front
+with an error naming ``data.image_size``.
 """
 
 from __future__ import annotations
