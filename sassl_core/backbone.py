@@ -25,6 +25,7 @@ class TimmOptions(BaseModel):
     pretrained: bool = False  # download ImageNet weights through timm (needs network)
     weights: Path | None = None  # local weights file (safetensors or torch state dict)
     drop_path_rate: float = 0.0
+    grad_checkpointing: bool = False  # recompute activations in backward: less memory (e.g. 512 px), more time
 
 
 def build_timm(timm_name: str, options: TimmOptions, image_size: int) -> nn.Module:
@@ -40,6 +41,8 @@ def build_timm(timm_name: str, options: TimmOptions, image_size: int) -> nn.Modu
         raise UserError(f"backbone '{timm_name}': {str(err).splitlines()[0]}") from None
     if options.weights is not None:
         load_weights(model, options.weights, timm_name)
+    if options.grad_checkpointing:
+        model.set_grad_checkpointing(True)
     return model
 
 
