@@ -69,14 +69,14 @@ class PatchDataset(Dataset):
 
     def _sample(self, i: int, image: np.ndarray, mask: np.ndarray | None) -> dict:
         sample = {
-            "image": torch.from_numpy(image),
+            "image": torch.from_numpy(image if image.flags.writeable else image.copy()),
             "index": i,
             "source": int(self.sources[i]),
             "label": int(self.labels[i]),
             "target": float(self.targets[i]),
         }
         if mask is not None:
-            sample["mask"] = torch.from_numpy(mask)
+            sample["mask"] = torch.from_numpy(mask if mask.flags.writeable else mask.copy())
         return sample
 
 

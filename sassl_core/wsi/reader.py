@@ -106,6 +106,8 @@ class OpenSlideReader(SlideReader):
             region = self._slide.read_region((int(x), int(y)), int(level), (int(size), int(size)))
         except openslide.OpenSlideError as err:  # a corrupt or truncated tile
             raise UserError(f"{self.path}: unreadable region at ({x}, {y}) level {level} ({err})") from None
+        if region.getextrema()[3][0] == 255:  # opaque (the usual case): PIL's C conversion
+            return np.asarray(region.convert("RGB"))
         return _flatten_rgba(np.asarray(region), fill)
 
     def thumbnail(self, max_side):
