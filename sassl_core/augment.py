@@ -1,14 +1,16 @@
 """Batched view generation on the device (the two augmented views of paper §3.1, Fig. 1).
 
 Patches travel to the device as uint8; :class:`ViewGenerator` makes the views there, every
-operation batched over the whole batch (no per-image Python loop), in this order: random
-resized crop, HED stain jitter, brightness/contrast/saturation jitter, Gaussian blur, a 90-degree
+operation batched over many images (no per-image Python loop), in this order: random resized
+crop, HED stain jitter, brightness/contrast/saturation jitter, Gaussian blur, a 90-degree
 rotation, horizontal and vertical flips, then ImageNet normalisation. Each operation is applied
-to each image with its own probability.
+to each image with its own probability, and computed only for the images drawn for it.
 
 All random numbers of one call come from a single uniform table ``(n, N_UNIFORMS)`` drawn from
 the generator, whatever the options, so two generators seeded alike draw the same crops and
 factors even when their probabilities differ (an op that is off simply ignores its columns).
+The table is read on the host, so choosing the images of each operation never waits for the
+device.
 """
 
 from __future__ import annotations
@@ -22,9 +24,8 @@ import torch
 import torch.nn.functional as F
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 from torch import nn
-from torchvision.ops import roi_align
 
-from sassl_core.stain.color import grayscale, hed_jitter
+from sassl_core.stain.color import LUMA_WEIGHTS, grayscale, hed_jitter
 
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]
 
@@ -137,10 +138,16 @@ class ViewGenerator(nn.Module):
     with ``options.mean``/``std`` unless :attr:`normalize` is False. ``generator`` (argument or
     attribute) makes the draws reproducible; a CPU generator works for CUDA batches too.
 
+    On the CPU the views are made :attr:`cpu_chunk` at a time (working buffers that stay in
+    cache and are reused); elsewhere the whole batch at once. Views do not depend on the chunk.
+
     >>> views = ViewGenerator(ViewOptions(), generator=torch.Generator().manual_seed(0))
     >>> views(torch.zeros(2, 64, 64, 3, dtype=torch.uint8), 32).shape
     torch.Size([2, 3, 32, 32])
     """
+
+    #: Views made at once on the CPU.
+    cpu_chunk = 32
 
     def __init__(self, options: ViewOptions | None = None, generator: torch.Generator | None = None) -> None:
         super().__init__()
@@ -172,7 +179,8 @@ class ViewGenerator(nn.Module):
         if batch.shape[1] != 3:
             batch = batch.permute(0, 3, 1, 2)
         if batch.dtype == torch.uint8:
-            return batch.float().div_(255.0).contiguous()
+            # One pass: permute and convert into a contiguous buffer, then scale in place.
+            return torch.empty(batch.shape, device=batch.device).copy_(batch).div_(255.0)
         if not batch.is_floating_point():
             raise TypeError(f"expected uint8 or float images, found {batch.dtype}")
         return batch.float().contiguous()
@@ -181,27 +189,45 @@ class ViewGenerator(nn.Module):
         self, images: torch.Tensor, out_size: int, copies: int = 1, generator: torch.Generator | None = None
     ) -> torch.Tensor:
         """``copies`` independent views of float ``images`` ``(B, 3, H, W)``, stacked copy-major."""
-        opt = self.options
         n = images.shape[0] * copies
-        u = draw_uniforms(n, N_UNIFORMS, images.device, generator or self.generator)
-        x = self._crop(images, out_size, copies, _columns(u, "crop"))
-        x = apply_hed_jitter(x, _columns(u, "hed"), opt.hed_p, opt.hed_scale, opt.hed_shift)
-        x = self._color(x, _columns(u, "color"))
-        x = self._blur(x, _columns(u, "blur"))
-        x = self._flip_rotate(x, u)
-        if self.normalize:
-            x = (x - self.mean.to(x)) / self.std.to(x)
-        return x
+        images = images.contiguous()
+        u_host = draw_uniforms(n, N_UNIFORMS, torch.device("cpu"), generator or self.generator)
+        u = u_host.to(images.device, non_blocking=True)
+        step = self.cpu_chunk if images.device.type == "cpu" else n
+        plan = [t.to(images.device, non_blocking=True) for t in self._crop_plan(u_host, images.shape, out_size, step)]
+        out = images.new_empty(n, 3, out_size, out_size)
+        for start in range(0, n, step):
+            views = slice(start, min(start + step, n))
+            bins = slice(views.start * 3 * out_size, views.stop * 3 * out_size)
+            x = self._crop(images, [t[bins] for t in plan], out_size)
+            self._finish(x, u_host[views], u[views], out[views])
+        return out
 
-    def _crop(self, images: torch.Tensor, out_size: int, copies: int, u: torch.Tensor) -> torch.Tensor:
-        """Random resized crop of each image by ``roi_align`` (anti-aliased when shrinking).
+    def _finish(self, x: torch.Tensor, u_host: torch.Tensor, u: torch.Tensor, out: torch.Tensor) -> None:
+        """Colour ops and blur on the cropped ``x``, then flips/rotation and normalisation into ``out``."""
+        opt = self.options
+        hed = _columns(u_host, "hed")[:, 0] < opt.hed_p
+        x = _update_drawn(x, hed, u, lambda s, v: _hed(s, _columns(v, "hed"), opt.hed_scale, opt.hed_shift))
+        x = _update_drawn(x, _columns(u_host, "color")[:, 0] < opt.color_p, u, self._color)
+        x = _update_drawn(x, _columns(u_host, "blur")[:, 0] < opt.blur_p, u, self._blur)
+        self._flip_rotate(x, u, out)
+        if self.normalize:
+            out.sub_(self.mean.to(out)).div_(self.std.to(out))
+
+    def _crop_plan(
+        self, u: torch.Tensor, shape: torch.Size, out_size: int, step: int
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Taps of every view's random resized crop, from the host table ``u`` (see :meth:`_crop`).
 
         Area fraction and log aspect ratio are drawn as torchvision's ``RandomResizedCrop``;
         instead of its rejection loop, a box larger than the patch is clamped to the patch
-        side. Images without a crop are resized whole.
+        side. Images without a crop are resized whole. Returns the row taps (index into the
+        images' rows, weights) and the column taps (index into a chunk of ``step`` views'
+        transposed rows, weights), each ``(n*C*S, K)``.
         """
         opt = self.options
-        height, width = images.shape[-2:]
+        u = _columns(u, "crop")
+        batch, channels, height, width = shape
         area = _lerp(opt.crop_scale, u[:, 1]) * (height * width)
         ratio = torch.exp(_lerp((math.log(opt.crop_ratio[0]), math.log(opt.crop_ratio[1])), u[:, 2]))
         apply = u[:, 0] < opt.crop_p
@@ -209,55 +235,68 @@ class ViewGenerator(nn.Module):
         box_h = torch.where(apply, (area / ratio).sqrt().clamp(max=height), torch.full_like(area, height))
         x0 = u[:, 3] * (width - box_w)
         y0 = u[:, 4] * (height - box_h)
-        index = torch.arange(images.shape[0], device=images.device, dtype=images.dtype).repeat(copies)
-        boxes = torch.stack((index, x0, y0, x0 + box_w, y0 + box_h), dim=1)
-        return roi_align(images, boxes, (out_size, out_size), spatial_scale=1.0, sampling_ratio=-1, aligned=True)
+        views = torch.arange(u.shape[0])[:, None]
+        source_planes = (views % batch) * channels + torch.arange(channels)  # (n, C): view k shows image k % batch
+        chunk_planes = (views % step) * channels + torch.arange(channels)
+        return (
+            *_tap_table(source_planes * height, *_roi_taps(y0, y0 + box_h, height, out_size), height),
+            *_tap_table(chunk_planes * width, *_roi_taps(x0, x0 + box_w, width, out_size), width),
+        )
+
+    def _crop(self, images: torch.Tensor, plan: list[torch.Tensor], out_size: int) -> torch.Tensor:
+        """Random resized crop of a chunk of views by its ``plan`` rows (:meth:`_crop_plan`).
+
+        As ``roi_align(aligned=True, sampling_ratio=-1)`` computes it: each output pixel is the
+        mean of bilinear samples on a regular grid over its bin (anti-aliased when shrinking).
+        That sampling is separable, so it runs as two weighted sums of a few rows (vertical,
+        then horizontal on the transposed result). The views come back transposed,
+        ``(n, 3, x, y)``; :meth:`_flip_rotate` undoes it.
+        """
+        row_index, row_weights, column_index, column_weights = plan
+        width = images.shape[-1]
+        rows = F.embedding_bag(row_index, images.reshape(-1, width), per_sample_weights=row_weights, mode="sum")
+        columns = rows.view(-1, out_size, width).transpose(1, 2).contiguous()  # (n*C, W, S)
+        transposed = F.embedding_bag(
+            column_index, columns.view(-1, out_size), per_sample_weights=column_weights, mode="sum"
+        )
+        return transposed.view(-1, 3, out_size, out_size)
 
     def _color(self, x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-        """Brightness, contrast, saturation jitter (torchvision's definitions, in that order)."""
+        """Brightness, contrast, saturation jitter of every image of ``x`` (torchvision's
+        definitions, in that order), in place."""
         opt = self.options
-        if opt.color_p == 0:
-            return x
-        apply = u[:, 0] < opt.color_p
-        one = torch.ones_like(u[:, 0])
-
-        def factor(bounds: tuple[float, float], column: torch.Tensor) -> torch.Tensor:
-            return torch.where(apply, _lerp(bounds, column), one)[:, None, None, None]
-
+        u = _columns(u, "color")
         brightness, contrast, saturation = (
-            factor(opt.brightness, u[:, 1]),
-            factor(opt.contrast, u[:, 2]),
-            factor(opt.saturation, u[:, 3]),
+            _lerp(bounds, u[:, i]).view(-1, 1, 1, 1)
+            for i, bounds in enumerate((opt.brightness, opt.contrast, opt.saturation), start=1)
         )
-        x = (x * brightness).clamp(0.0, 1.0)
-        mean_luma = grayscale(x).mean(dim=(-3, -2, -1), keepdim=True)
-        x = (contrast * x + (1 - contrast) * mean_luma).clamp(0.0, 1.0)
-        return (saturation * x + (1 - saturation) * grayscale(x)).clamp(0.0, 1.0)
+        x.mul_(brightness).clamp_(0.0, 1.0)
+        luma = torch.tensor(LUMA_WEIGHTS, device=x.device, dtype=x.dtype)
+        mean_luma = (x.mean(dim=(-2, -1)) @ luma).view(-1, 1, 1, 1)  # mean of the luma, channel by channel
+        x.mul_(contrast).add_((1 - contrast) * mean_luma).clamp_(0.0, 1.0)
+        grey = grayscale(x).mul_(1 - saturation)
+        return x.mul_(saturation).add_(grey).clamp_(0.0, 1.0)
 
     def _blur(self, x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-        """Separable Gaussian blur with a per-image sigma (a unit impulse where not drawn)."""
+        """Separable Gaussian blur of every image of ``x`` with its own sigma (reflected borders)."""
         opt = self.options
-        if opt.blur_p == 0:
-            return x
         batch, channels, height, width = x.shape
         radius = min(math.ceil(3 * opt.blur_sigma[1]), min(height, width) - 1)
         offsets = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)
-        sigma = _lerp(opt.blur_sigma, u[:, 1])[:, None]
+        sigma = _lerp(opt.blur_sigma, _columns(u, "blur")[:, 1])[:, None]
         kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
-        kernel = kernel / kernel.sum(dim=1, keepdim=True)
-        impulse = (offsets == 0).to(x.dtype).expand_as(kernel)
-        kernel = torch.where((u[:, 0] < opt.blur_p)[:, None], kernel, impulse)
-        weight = kernel.repeat_interleave(channels, dim=0)  # (B*C, K)
+        weight = (kernel / kernel.sum(dim=1, keepdim=True)).repeat_interleave(channels, dim=0)  # (B*C, K)
         planes = x.reshape(1, batch * channels, height, width)
         planes = F.conv2d(F.pad(planes, (radius, radius, 0, 0), mode="reflect"), weight[:, None, None, :], groups=batch * channels)
         planes = F.conv2d(F.pad(planes, (0, 0, radius, radius), mode="reflect"), weight[:, None, :, None], groups=batch * channels)
         return planes.reshape(batch, channels, height, width)
 
-    def _flip_rotate(self, x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-        """Rotation by k*90 degrees (k = 1..3), then horizontal flip, then vertical flip, per image.
+    def _flip_rotate(self, x: torch.Tensor, u: torch.Tensor, out: torch.Tensor) -> None:
+        """Rotation by k*90 degrees (k = 1..3), then horizontal flip, then vertical flip, per image,
+        of the transposed ``x`` (see :meth:`_crop`), written to ``out``.
 
-        The composite of the three is one of 16 pixel permutations; all images are permuted in
-        a single ``gather`` (exact: values are moved, never mixed).
+        The composite of the transposition and the three is one of 16 pixel permutations; all
+        images are permuted in a single ``gather`` (exact: values are moved, never mixed).
         """
         opt = self.options
         hflip = _columns(u, "hflip")[:, 0] < opt.hflip_p
@@ -268,13 +307,85 @@ class ViewGenerator(nn.Module):
         batch, channels, height, width = x.shape
         index = _dihedral_permutations(height, x.device)[choice]  # (B, H*W)
         flat = x.reshape(batch, channels, height * width)
-        return flat.gather(2, index[:, None, :].expand(-1, channels, -1)).reshape(x.shape)
+        torch.gather(flat, 2, index[:, None, :].expand(-1, channels, -1), out=out.view(batch, channels, height * width))
+
+
+def _hed(x: torch.Tensor, u: torch.Tensor, scale: tuple[float, float], shift: tuple[float, float]) -> torch.Tensor:
+    """:func:`hed_jitter` of every image of ``x`` with the factors drawn in ``u`` ``(B, 7)``."""
+    return hed_jitter(x, _lerp(scale, u[:, 1:4]), _lerp(shift, u[:, 4:7]))
+
+
+def _update_drawn(x: torch.Tensor, drawn: torch.Tensor, u: torch.Tensor, op) -> torch.Tensor:
+    """``x`` (updated in place) with ``op(images, their u rows)`` applied to the images ``drawn``.
+
+    ``drawn`` is a host bool ``(B,)``, so picking the images never waits for the device; the
+    other images are untouched (bit-exact).
+    """
+    index = drawn.nonzero()[:, 0]
+    if index.numel() == 0:
+        return x
+    if index.numel() == drawn.numel():
+        return op(x, u)
+    index = index.to(x.device, non_blocking=True)
+    x[index] = op(x[index], u[index])  # advanced indexing: much faster than index_select on multi-threaded CPUs
+    return x
+
+
+def _roi_taps(start: torch.Tensor, end: torch.Tensor, size: int, out: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows (or columns) read by ``roi_align(aligned=True, sampling_ratio=-1)`` along one axis.
+
+    For boxes ``[start, end)`` ``(n,)`` on an axis of ``size`` pixels cut into ``out`` bins, each
+    bin averages ``ceil(bin length)`` bilinear samples (with the same arithmetic as
+    torchvision's kernel). Returns the first pixel ``(n, out)`` of each bin's taps and the tap
+    weights ``(n, out, K)`` of pixels ``first .. first + K - 1`` (zero beyond the last one read).
+    """
+    roi_start = start - 0.5
+    bin_size = ((end - 0.5) - roi_start) / out
+    grid = torch.ceil(bin_size).clamp(min=1)
+    samples = torch.arange(int(grid.max()), dtype=start.dtype)
+    pos = (
+        roi_start[:, None, None]
+        + torch.arange(out, dtype=start.dtype)[None, :, None] * bin_size[:, None, None]
+        + (samples + 0.5) * (bin_size / grid)[:, None, None]
+    ).clamp(min=0.0)  # (n, out, samples)
+    low = pos.floor().clamp(max=size - 1)
+    frac = torch.where(low >= size - 1, torch.zeros_like(pos), pos - low)
+    low = low.long()
+    high = (low + 1).clamp(max=size - 1)
+    weight = (samples < grid[:, None, None]).to(pos.dtype) / grid[:, None, None]
+    first = low[..., 0]  # samples are increasing: the first one's low pixel is the lowest read
+    taps = int((high - first[..., None]).max()) + 1
+    weights = torch.zeros(*first.shape, taps, dtype=pos.dtype)
+    weights.scatter_add_(2, low - first[..., None], weight * (1 - frac))
+    weights.scatter_add_(2, high - first[..., None], weight * frac)
+    return first, weights
+
+
+def _tap_table(
+    base: torch.Tensor, first: torch.Tensor, weights: torch.Tensor, plane_rows: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row index and weight of every tap of every (view, plane, bin): two ``(n*C*S, K)`` tables.
+
+    ``base`` ``(n, C)`` is the first row of each output plane's source plane of ``plane_rows``
+    rows; ``first`` ``(n, S)`` and ``weights`` ``(n, S, K)`` are the taps of :func:`_roi_taps`,
+    shared by a view's planes. Output row ``(v, c, i)`` is then
+    ``sum_t weights[v, i, t] * rows[base[v, c] + first[v, i] + t]`` (``F.embedding_bag``); taps
+    past the plane's end carry zero weight and read its last row.
+    """
+    channels, taps = base.shape[1], weights.shape[-1]
+    offsets = (first[..., None] + torch.arange(taps)).clamp(max=plane_rows - 1)  # (n, S, K)
+    index = (base[:, :, None, None] + offsets[:, None]).reshape(-1, taps)
+    return index, weights[:, None].expand(-1, channels, -1, -1).reshape(-1, taps)
 
 
 @functools.lru_cache(maxsize=8)
 def _dihedral_permutations(size: int, device: torch.device) -> torch.Tensor:
-    """``(16, size*size)`` source index of every output pixel, for index ``h + 2v + 4k``."""
-    base = torch.arange(size * size, device=device).view(size, size)
+    """``(16, size*size)`` source index, in a transposed image, of every output pixel.
+
+    Row ``h + 2v + 4k``: ``k`` quarter turns, then a horizontal flip if ``h``, then a vertical
+    one if ``v``, of the image whose pixel ``(y, x)`` is stored at ``x * size + y``.
+    """
+    base = torch.arange(size * size, device=device).view(size, size).T
     tables = []
     for k in range(4):
         for v in (False, True):

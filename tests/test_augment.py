@@ -185,3 +185,50 @@ def test_cpu_generator_gives_the_same_views_on_any_device(device):
     out = views(x.to(device), 24)
     assert out.device.type == device
     assert torch.allclose(out.cpu(), make(seed=11)(x, 24), atol=1e-4)
+
+
+@pytest.mark.parametrize("size, out_size, scale", [(64, 24, (1.0, 1.0)), (48, 40, (0.5, 0.9)), (40, 56, (0.2, 0.6))])
+def test_crop_equals_roi_align_with_the_drawn_boxes(size, out_size, scale):
+    """The separable crop is torchvision's roi_align (aligned, adaptive sampling: anti-aliased)."""
+    from torchvision.ops import roi_align
+
+    x = patches(batch=6, size=size)
+    options = {**ALL_OFF, "crop_p": 0.7, "crop_scale": scale}
+    out = make(seed=3, **options)(x, out_size)
+    u = _columns(draw_uniforms(6, N_UNIFORMS, torch.device("cpu"), torch.Generator().manual_seed(3)), "crop")
+    area = (scale[0] + (scale[1] - scale[0]) * u[:, 1]) * size * size
+    ratio = torch.exp(torch.log(torch.tensor(3 / 4)) + torch.log(torch.tensor(16 / 9)) * u[:, 2])
+    crop = u[:, 0] < 0.7
+    box_w = torch.where(crop, (area * ratio).sqrt().clamp(max=size), torch.tensor(float(size)))
+    box_h = torch.where(crop, (area / ratio).sqrt().clamp(max=size), torch.tensor(float(size)))
+    x0, y0 = u[:, 3] * (size - box_w), u[:, 4] * (size - box_h)
+    boxes = torch.stack((torch.arange(6.0), x0, y0, x0 + box_w, y0 + box_h), dim=1)
+    expected = roi_align(as_unit(x), boxes, (out_size, out_size), spatial_scale=1.0, sampling_ratio=-1, aligned=True)
+    assert 0 < int(crop.sum()) < 6
+    assert torch.allclose(out, expected, atol=1e-5)
+
+
+def test_colour_jitter_equals_torchvision_adjustments_with_the_drawn_factors():
+    import torchvision.transforms.functional as TF
+
+    x = patches(batch=6)
+    options = {**ALL_OFF, "color_p": 0.6, "brightness": (0.5, 1.5), "contrast": (0.5, 1.5), "saturation": (0.2, 1.8)}
+    out = make(seed=6, **options)(x, 32)
+    u = _columns(draw_uniforms(6, N_UNIFORMS, torch.device("cpu"), torch.Generator().manual_seed(6)), "color")
+    for i, image in enumerate(as_unit(x)):
+        expected = image
+        if u[i, 0] < 0.6:
+            expected = TF.adjust_brightness(expected, float(0.5 + u[i, 1]))
+            expected = TF.adjust_contrast(expected, float(0.5 + u[i, 2]))
+            expected = TF.adjust_saturation(expected, float(0.2 + 1.6 * u[i, 3]))
+            assert not torch.allclose(expected, image, atol=1e-3)
+        assert torch.allclose(out[i], expected, atol=1e-3)  # torchvision's luma weighs red 0.2989, not 0.299
+
+
+def test_views_do_not_depend_on_the_cpu_chunk():
+    x = patches(batch=5)
+    reference = make(seed=12).two_views(x, 24)
+    for chunk in (1, 3, 1000):
+        views = make(seed=12)
+        views.cpu_chunk = chunk
+        assert all(torch.equal(a, b) for a, b in zip(views.two_views(x, 24), reference))

@@ -93,9 +93,10 @@ def hed_jitter(rgb: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> t
     to_rgb = RGB_FROM_HED.to(device=rgb.device, dtype=rgb.dtype)
     mixing = HED_FROM_RGB.to(to_rgb)[None] @ (scale[:, :, None] * to_rgb)  # (B, 3, 3): OD -> OD'
     offset = shift @ to_rgb  # (B, 3)
-    od = rgb_to_od(rgb).flatten(2)
-    jittered = torch.baddbmm(offset[:, :, None], mixing.transpose(1, 2), od)
-    return od_to_rgb(jittered).reshape(rgb.shape)
+    # exp(-OD') with -OD = log(rgb): one log, one batched product, one exp (in place, few buffers).
+    log_rgb = rgb.clamp(min=OD_EPS).log_().flatten(2)
+    minus_od = torch.baddbmm(-offset[:, :, None], mixing.transpose(1, 2), log_rgb)
+    return minus_od.exp_().clamp_(0.0, 1.0).reshape(rgb.shape)
 
 
 # --------------------------------------------------------------------------- CIELAB
