@@ -10,6 +10,10 @@ brightness/contrast/saturation, Gaussian blur, ImageNet normalisation, and end w
 tensor (B, 3, out, out) per view. albumentations runs per sample on the CPU (its design);
 ViewGenerator runs batched on ``--device``. Times are measured in the same process; the ratio
 is albumentations time / ViewGenerator time.
+
+On a CPU shared with other busy processes, OpenMP's spinning workers can stall every parallel
+op for a scheduler time slice; compare with ``--threads 1`` (or ``OMP_WAIT_POLICY=PASSIVE``)
+as well as the default.
 """
 
 from __future__ import annotations
