@@ -198,7 +198,7 @@ def heatmap(run_dir: Path, slide: Path, out_dir: Path | None = None, cam_patches
                           max_patches=cam_patches, seed=cfg.trainer.seed)
         for i, row in enumerate(rows):
             patch = read_patch(row, cfg.data.image_size)
-            image = model.prepare(torch.from_numpy(patch[None]).to(rt.device))
+            image = model.prepare(torch.tensor(patch[None], device=rt.device))
             cam = grad_cam(model.encoder, model.head, image, target_class=k)
             written.append(save_cam_overlay(patch, cam, out_dir / f"{slide.stem}_cam{i}.png"))
     return written

@@ -43,17 +43,17 @@ def test_output_folder_with_a_run_is_refused(tmp_path):
     out.mkdir()
     (out / "config.yaml").write_text("{}\n")
     proc = sassl("pretrain", "--steps", 1, "--out", out, *TINY, check=False)
-    assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines()[-1] == (
+    assert proc.status == 2
+    assert proc.err.strip().splitlines()[-1] == (
         f"error: output.dir: {out} already holds a run; pass --resume to continue it or --overwrite to replace it"
     )
-    assert "Traceback" not in proc.stderr
+    assert "Traceback" not in proc.err
     assert (out / "config.yaml").read_text() == "{}\n"  # untouched
 
 
 def test_unknown_method_lists_what_exists(tmp_path):
     proc = sassl("pretrain", "--ssl", "simsam", "--out", tmp_path / "r", *TINY, check=False)
-    assert proc.returncode == 2
-    assert "error: unknown ssl method 'simsam'; available: " in proc.stderr
-    assert "byol, moco, simclr, simsiam" in proc.stderr
-    assert "Traceback" not in proc.stderr
+    assert proc.status == 2
+    assert "error: unknown ssl method 'simsam'; available: " in proc.err
+    assert "byol, moco, simclr, simsiam" in proc.err
+    assert "Traceback" not in proc.err

@@ -46,7 +46,7 @@ def test_run_every_task_on_synthetic(tmp_path, task):
     if task == "cls":  # patch labels vary within a synthetic slide: no slide-level table
         assert "slide_metrics" not in json.loads((out / "metrics.json").read_text())
         slide = sorted(Path(os.environ["SASSL_CACHE"]).glob("synthetic/*/centre0_slide0.tif"))[0]
-        printed = sassl("heatmap", "--checkpoint", out, "--slide", slide, "--cam-patches", 2).stdout.split()
+        printed = sassl("heatmap", "--checkpoint", out, "--slide", slide, "--cam-patches", 2).out.split()
         assert [Path(p).name for p in printed] == ["centre0_slide0_heatmap.png", "centre0_slide0_cam0.png", "centre0_slide0_cam1.png"]
         heat = np.asarray(Image.open(printed[0]))
         assert heat.ndim == 3 and heat.shape[0] > 32
@@ -83,7 +83,7 @@ def _check_run_without_pretrain_outputs(out, task):
 
 LAYOUTS = {
     "panda": (make_panda, "cls", []),
-    "breastpathq": (make_breastpathq, "reg", ["--set", "pretrain.batch_size=4"]),  # few patches per slide
+    "breastpathq": (make_breastpathq, "reg", ["--batch-size", "4"]),  # few patches per slide
     "camelyon16": (make_camelyon16, "seg", []),
     "tcga": (make_tcga, "cls", []),
 }

@@ -18,7 +18,7 @@ SLIDE = shared_data_dir() / "cmu_small_region.svs"
 def test_tile_real_slide_keeps_tissue_and_drops_glass(tmp_path):
     out = tmp_path / "tiles"
     proc = sassl("tile", SLIDE, "--out", out, "--patch-size", 224, "--mpp", 0.5)
-    assert "1 slide(s)" in proc.stdout
+    assert "1 slide(s)" in proc.out
     table = PatchTable.load(out / "patches.jsonl")
     summary = json.loads((out / "summary.json").read_text())
     assert summary["patches_per_slide"] == {"cmu_small_region": len(table)} and summary["skipped"] == []
@@ -43,6 +43,6 @@ def test_tile_refuses_existing_output_and_reports_bad_slides(tmp_path):
     broken = tmp_path / "broken.svs"
     broken.write_bytes(b"II*\x00garbage")
     proc = sassl("tile", SLIDE, broken, "--out", out, "--patch-size", 224)
-    assert "skipped" in proc.stderr and "broken.svs" in proc.stderr
+    assert "skipped" in proc.err and "broken.svs" in proc.err
     again = sassl("tile", SLIDE, "--out", out, check=False)
-    assert again.returncode == 2 and "Traceback" not in again.stderr
+    assert again.status == 2 and "Traceback" not in again.err

@@ -1,7 +1,6 @@
 """The smallest settings that still exercise the real pipeline end to end."""
 
-import subprocess
-import sys
+from tests.fixtures.cli_runs import CliResult, cli
 
 TINY_SYNTHETIC = ["--set", "data.options={centres: 2, slides_per_centre: 2, slide_size: 384, regions: 3}"]
 TINY_ANY_DATASET = [
@@ -17,9 +16,10 @@ TINY_ANY_DATASET = [
 TINY = [*TINY_ANY_DATASET, *TINY_SYNTHETIC]
 
 
-def sassl(*args, check=True):
-    """Run the real console entry point in a subprocess."""
-    proc = subprocess.run([sys.executable, "-m", "sassl_core.cli", *map(str, args)], capture_output=True, text=True)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"sassl {' '.join(map(str, args))} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
-    return proc
+def sassl(*args, check=True) -> CliResult:
+    """Run the real command line (``sassl_core.cli.main``) in this process: the same code path
+    as the console script, without paying the torch/timm import for every run."""
+    result = cli(*args)
+    if check and result.status != 0:
+        raise AssertionError(f"sassl {' '.join(map(str, args))} failed ({result.status}):\n{result.err[-3000:]}")
+    return result

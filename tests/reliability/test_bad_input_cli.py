@@ -29,7 +29,7 @@ from tests.fixtures.layouts import (
     write_tiff_slide,
 )
 from tests.pipeline.tiny import TINY, TINY_ANY_DATASET
-from tests.reliability.cli_runs import assert_user_error, cli
+from tests.fixtures.cli_runs import assert_user_error, cli
 
 CMU_SVS = Path("/work/shared/data/cmu_small_region.svs")
 TILE = ["--patch-size", 64, "--quiet"]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import sassl_core.plugins as plugins_module
 from sassl_core.doctor import PACKAGES, report
 from sassl_core.plugins import PluginFailure, load_plugins
-from tests.reliability.cli_runs import cli
+from tests.fixtures.cli_runs import cli
 
 
 def test_report_lists_versions_device_and_plugins(tmp_path):

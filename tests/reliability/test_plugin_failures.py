@@ -15,7 +15,7 @@ import pytest
 
 import sassl_core.plugins as plugins_module
 from tests.pipeline.tiny import TINY
-from tests.reliability.cli_runs import cli
+from tests.fixtures.cli_runs import cli
 
 PLUGINS = {
     "raises_at_import": "raise ImportError(\"No module named 'missing_dependency'\")\n",

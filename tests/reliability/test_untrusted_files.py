@@ -22,7 +22,7 @@ from sassl_core.errors import UserError
 from sassl_core.transfer import load_encoder_state
 from sassl_plugins.datasets.camelyon16 import parse_asap
 from tests.pipeline.tiny import TINY
-from tests.reliability.cli_runs import assert_user_error, cli
+from tests.fixtures.cli_runs import assert_user_error, cli
 
 
 class MarkerPayload:
