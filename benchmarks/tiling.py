@@ -6,7 +6,7 @@ Ours: ``tile_slide`` (tissue detection included) then ``read_patch`` of every ke
 two are timed apart and together. Reading rounds alternate with the baseline's, medians kept. Baseline, same process and same tiles: a plain
 ``openslide.OpenSlide.read_region`` loop with RGB conversion (and resize when needed), which
 knows the tiles without tiling.
-Without SLIDE, /work/shared/data/cmu_small_region.svs when present, else a generated
+Without SLIDE, ../shared/data/cmu_small_region.svs (beside the checkout) when present, else a generated
 pyramidal TIFF.
 """
 
@@ -25,7 +25,7 @@ from sassl_core.wsi.cache import read_patch
 from sassl_core.wsi.reader import open_slide, write_pyramid_tiff
 from sassl_core.wsi.tiling import tile_slide
 
-SHARED_SLIDE = Path("/work/shared/data/cmu_small_region.svs")
+SHARED_SLIDE = Path(__file__).resolve().parents[2] / "shared" / "data" / "cmu_small_region.svs"  # beside the checkout
 
 
 def default_slide(folder: Path) -> Path:

@@ -30,8 +30,9 @@ from tests.fixtures.layouts import (
 )
 from tests.pipeline.tiny import TINY, TINY_ANY_DATASET
 from tests.fixtures.cli_runs import assert_user_error, cli
+from tests.fixtures.he_images import shared_data_dir
 
-CMU_SVS = Path("/work/shared/data/cmu_small_region.svs")
+CMU_SVS = shared_data_dir() / "cmu_small_region.svs"
 TILE = ["--patch-size", 64, "--quiet"]
 
 
