@@ -103,9 +103,9 @@ class TrainerConfig(Section):
     channels_last: bool = True
     grad_accum: int = Field(1, ge=1)
     checkpoint_every: int = Field(50, ge=1)
-    log_every: int = Field(10, ge=1)
+    log_every: int = Field(10, ge=1)  # progress line every N steps
     max_nonfinite: int = Field(5, ge=1)  # halt after this many non-finite losses in a row
-    sync_bn: bool = False
+    sync_bn: bool = False  # SyncBatchNorm across processes (CUDA/NCCL; torch's SyncBatchNorm has no CPU path)
     seed: int = 0
 
 

@@ -20,7 +20,7 @@ from sassl_core.data import batch_stream, patch_dataset, shuffled_batches, to_de
 from sassl_core.errors import UserError
 from sassl_core.optim import build_optimizer, warmup_cosine
 from sassl_core.plugins import PluginSet
-from sassl_core.runtime import Runtime, autocast
+from sassl_core.runtime import Runtime, autocast, prepare_model
 from sassl_core.stain_norm import build_stain_norm
 from sassl_core.tasks import TaskHead
 from sassl_core.trainer import Phase, Program, Trainer
@@ -145,7 +145,7 @@ class FinetuneResult:
 def finetune(
     cfg: RunConfig, plugins: PluginSet, prepared: PreparedData, run_dir: Path, rt: Runtime, pretrained: Path | None
 ) -> FinetuneResult:
-    model = build_downstream(cfg, plugins, prepared, pretrained).to(rt.device)
+    model = prepare_model(build_downstream(cfg, plugins, prepared, pretrained), rt, cfg.trainer.sync_bn, False)
     kind = model.head.target_kind
     table = prepared.patches.split("train")
     if kind == "label":

@@ -23,7 +23,7 @@ from sassl_core.data import batch_stream, patch_dataset, source_ids, to_device
 from sassl_core.errors import UserError
 from sassl_core.optim import build_optimizer, warmup_cosine
 from sassl_core.plugins import PluginSet
-from sassl_core.runtime import Runtime, autocast
+from sassl_core.runtime import Runtime, autocast, prepare_model
 from sassl_core.sampler import SourceBalancedBatchSampler
 from sassl_core.stain.adversary import StainAdversary
 from sassl_core.stain_norm import build_stain_norm
@@ -76,9 +76,7 @@ def build_pretrain_program(cfg: RunConfig, plugins: PluginSet, rt: Runtime, sour
 
     ``source_of`` maps a batch's ``index`` (patch-table row) to its stain-source id.
     """
-    model = build_ssl_model(cfg, plugins).to(rt.device)
-    if cfg.trainer.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    model = prepare_model(build_ssl_model(cfg, plugins), rt, cfg.trainer.sync_bn, cfg.trainer.channels_last)
     views = ViewGenerator(ViewOptions.model_validate(cfg.ssl.views)).to(rt.device)
     view_rng = torch.Generator(device=rt.device).manual_seed(cfg.trainer.seed * 1000 + rt.rank)
     normalise = build_stain_norm(cfg, plugins, rt.device)

@@ -89,3 +89,11 @@ def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def prepare_model(model: torch.nn.Module, rt: Runtime, sync_bn: bool, channels_last: bool) -> torch.nn.Module:
+    """Move ``model`` to the device; SyncBatchNorm across processes and channels_last on request."""
+    if sync_bn and rt.distributed:
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    model = model.to(rt.device)
+    return model.to(memory_format=torch.channels_last) if channels_last else model

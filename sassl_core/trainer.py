@@ -179,7 +179,7 @@ class Trainer:
         history = HistoryWriter(
             self.run_dir, self.stage, self.rt.is_main and self.out.tensorboard, resume_at=start, enabled=self.rt.is_main
         )
-        progress = Progress(self.stage, self.total_steps, quiet=self.out.quiet or not self.rt.is_main)
+        progress = Progress(self.stage, self.total_steps, self.out.quiet or not self.rt.is_main, self.cfg.log_every)
         stream = batches(seen)
         previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         bad_in_a_row = 0
@@ -266,20 +266,18 @@ class HistoryWriter:
 
 
 class Progress:
-    """One console line every few seconds: step, losses, images/s, time left."""
+    """A console line every ``every`` steps: step, losses, images/s, time left."""
 
-    def __init__(self, stage: str, total: int, quiet: bool, every_s: float = 2.0) -> None:
-        self.stage, self.total, self.quiet, self.every_s = stage, total, quiet, every_s
-        self.t0 = self.last = time.perf_counter()
+    def __init__(self, stage: str, total: int, quiet: bool, every: int) -> None:
+        self.stage, self.total, self.quiet, self.every = stage, total, quiet, every
+        self.t0 = time.perf_counter()
         self.images = 0
 
     def update(self, step: int, logs: dict[str, float], n_images: int) -> None:
         self.images += n_images
-        now = time.perf_counter()
-        if self.quiet or (now - self.last < self.every_s and step != self.total):
+        if self.quiet or (step % self.every and step != self.total):
             return
-        self.last = now
-        elapsed = now - self.t0
+        elapsed = time.perf_counter() - self.t0
         rate = self.images / elapsed if elapsed > 0 else math.nan
         left = elapsed / max(1, step) * (self.total - step) if step else math.nan
         shown = " ".join(f"{k}={v:.4g}" for k, v in logs.items() if k != "lr")
