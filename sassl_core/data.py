@@ -17,7 +17,7 @@ import torch
 from sassl_core.config import RunConfig
 from sassl_core.errors import UserError
 from sassl_core.plugins import PluginSet
-from sassl_core.wsi.cache import PatchCache
+from sassl_core.wsi.cache import PatchCache, table_fingerprint
 from sassl_core.wsi.dataset import PatchDataset, make_loader
 from sassl_core.wsi.patches import DatasetContext, PatchTable, PreparedData
 
@@ -51,35 +51,28 @@ def prepare_dataset(cfg: RunConfig, plugins: PluginSet) -> PreparedData:
 
 def source_ids(table: PatchTable, key: str) -> np.ndarray:
     """Stain-source id per patch: its slide, or its data provider (paper §3.2)."""
-    column = table["slide_id"] if key == "slide" else table["source"]
-    _, ids = np.unique(column.astype(str), return_inverse=True)
-    return ids.astype(np.int64)
+    return table.source_ids("slide_id" if key == "slide" else "source")
 
 
-def _table_digest(table: PatchTable, with_masks: bool) -> str:
-    h = hashlib.sha1(f"{table.patch_size}:{with_masks}".encode())
-    for column in ("slide", "x", "y", "level", "read_size", "mask"):
-        h.update("\x1f".join(map(str, table[column])).encode())
-    for slide in sorted(set(table["slide"])):
+def _cache_key(table: PatchTable, with_masks: bool) -> str:
+    """Which rows (the table's fingerprint), with masks or not, from which version of each slide."""
+    stamps = hashlib.sha1()
+    for slide in sorted(set(map(str, table["slide"])) | set(m for m in map(str, table["mask"]) if m)):
         try:
-            h.update(str(os.stat(slide).st_mtime_ns).encode())
+            stamps.update(f"{slide}:{os.stat(slide).st_mtime_ns}".encode())
         except OSError:
             pass
-    return h.hexdigest()[:16]
+    return f"{table_fingerprint(table)[:16]}{'-masks' if with_masks else ''}-{stamps.hexdigest()[:8]}"
 
 
 def patch_dataset(cfg: RunConfig, table: PatchTable, with_masks: bool, quiet: bool) -> PatchDataset:
     """A dataset over ``table``, read from a memory-mapped patch cache when ``data.cache``."""
     if not cfg.data.cache:
         return PatchDataset(table, None, with_masks=with_masks)
-    path = cache_root(cfg) / "patches" / _table_digest(table, with_masks)
-    try:
-        cache = PatchCache.open(path)
-    except (UserError, FileNotFoundError):
-        if not quiet:
-            print(f"caching {len(table)} patches to {path}", flush=True)
-        cache = PatchCache.build(table, path, with_masks=with_masks)
-    return PatchDataset(table, cache, with_masks=with_masks)
+    path = cache_root(cfg) / "patches" / _cache_key(table, with_masks)
+    if not quiet and not path.exists():
+        print(f"caching {len(table)} patches to {path}", flush=True)
+    return PatchDataset(table, PatchCache.open_or_build(table, path, with_masks=with_masks), with_masks=with_masks)
 
 
 def shuffled_batches(n: int, batch_size: int, seed: int, rank: int = 0, world: int = 1) -> Iterator[list[int]]:

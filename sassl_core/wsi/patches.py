@@ -69,9 +69,9 @@ class PatchTable:
     def split(self, name: str) -> "PatchTable":
         return self.select(self.columns["split"] == name)
 
-    def source_ids(self) -> np.ndarray:
-        """Integer id per row of its stain source (stable: sorted source names)."""
-        _, ids = np.unique(self.columns["source"].astype(str), return_inverse=True)
+    def source_ids(self, column: str = "source") -> np.ndarray:
+        """Integer id per row of its ``column`` value (stable: sorted names)."""
+        _, ids = np.unique(self.columns[column].astype(str), return_inverse=True)
         return ids.astype(np.int64)
 
     def save(self, path: Path) -> None:
