@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from sassl_core.augment import ViewOptions
 from sassl_core.backbone import create_backbone
 from sassl_core.config import RunConfig
 from sassl_core.data import batch_stream, patch_dataset, shuffled_batches, to_device
@@ -27,21 +28,21 @@ from sassl_core.trainer import Phase, Program, Trainer
 from sassl_core.transfer import DualEncoder, build_dual_encoder, load_encoder_state
 from sassl_core.wsi.patches import PreparedData
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 TARGET_COLUMN = {"label": "label", "target": "target", "mask": "mask"}
 
 
 class DownstreamModel(nn.Module):
     """Dual encoder + task head; ``forward`` takes uint8 ``(B, H, W, 3)`` images."""
 
-    def __init__(self, encoder: DualEncoder, head: TaskHead, image_size: int) -> None:
+    def __init__(self, encoder: DualEncoder, head: TaskHead, image_size: int, views: ViewOptions) -> None:
         super().__init__()
         self.encoder = encoder
         self.head = head
         self.image_size = image_size
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        # the same input normalisation the encoder was pretrained with
+        mean, std = (views.mean, views.std) if views.normalize else ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
 
     def prepare(self, images: torch.Tensor) -> torch.Tensor:
         x = images.permute(0, 3, 1, 2).float().div_(255)
@@ -117,7 +118,7 @@ def build_downstream(cfg: RunConfig, plugins: PluginSet, prepared: PreparedData,
         feature_channels=encoder.feature_channels,
         num_outputs=num_outputs(kind, cfg.task.name, prepared),
     )
-    return DownstreamModel(encoder, head, cfg.data.image_size)
+    return DownstreamModel(encoder, head, cfg.data.image_size, ViewOptions.model_validate(cfg.ssl.views))
 
 
 def targets_of(batch: dict, kind: str) -> torch.Tensor:
