@@ -122,3 +122,17 @@ def test_disable_plugins_by_name(monkeypatch):
     plugins = load_plugins()
     assert "moco" not in plugins["ssl"].names() and "byol" not in plugins["ssl"].names()
     assert {"simsiam", "simclr"} <= set(plugins["ssl"].names())
+
+
+def test_factory_that_crashes_is_named_in_one_user_error(monkeypatch):
+    monkeypatch.setenv("SASSL_DISABLE_PLUGIN_AUTOLOAD", "1")
+
+    def build(options, image_size):
+        raise RuntimeError("weights shape mismatch\nlong second line")
+
+    plugins = load_plugins(extra=[("fragile", _plugin(sassl_register_backbones=lambda register: register("fragile_net", build)))])
+    with pytest.raises(UserError) as err:
+        plugins["backbone"].create("fragile_net", {}, image_size=32)
+    assert str(err.value) == (
+        "backbone 'fragile_net' (plugin 'fragile') failed to build: RuntimeError: weights shape mismatch"
+    )

@@ -101,3 +101,17 @@ def test_run_on_each_real_layout_miniature(tmp_path, dataset):
     if dataset == "panda":
         assert set(metrics["metrics"]["qwk_by_source"]) <= {"karolinska", "radboud"}
         assert "slide_metrics" in metrics  # one ISUP grade per slide: slide-level metrics too
+
+
+@pytest.mark.slow
+def test_bad_slide_in_a_training_run_is_skipped_and_listed(tmp_path):
+    root = make_camelyon16(tmp_path / "camelyon16")
+    (root / "training" / "normal" / "broken.tif").write_bytes(b"II*\x00not a tiff at all")
+    out = tmp_path / "run"
+    result = sassl("run", "--dataset", "camelyon16", "--data-root", root, "--task", "seg", *STEPS, "--out", out,
+                   *TINY_ANY_DATASET, "--set", "pretrain.sources_per_batch=2",
+                   "--set", "data.options={tumour_slides_only: false}")
+    assert "warning: skipped slide" in result.err and "broken.tif" in result.err
+    skipped = json.loads((out / "skipped_slides.json").read_text())
+    assert len(skipped) == 1 and "broken.tif" in skipped[0]
+    assert (out / "metrics.json").exists()  # the rest of the run went on
