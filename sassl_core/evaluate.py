@@ -13,7 +13,7 @@ from sassl_core.checkpoint import atomic_write
 from sassl_core.config import RunConfig
 from sassl_core.data import patch_dataset, to_device
 from sassl_core.errors import UserError
-from sassl_core.finetune import TARGET_COLUMN, DownstreamModel
+from sassl_core.finetune import TARGET_COLUMN, DownstreamModel, labelled
 from sassl_core.metrics import aggregate_by_slide
 from sassl_core.runtime import Runtime, autocast
 from sassl_core.wsi.dataset import make_loader
@@ -40,11 +40,7 @@ def evaluation_split(table: PatchTable) -> str:
 def predict(cfg: RunConfig, model: DownstreamModel, prepared: PreparedData, rt: Runtime, keep_images: int = 8) -> Predictions:
     split = evaluation_split(prepared.patches)
     kind = model.head.target_kind
-    table = prepared.patches.split(split)
-    if kind == "label":
-        table = table.select(table["label"] >= 0)
-    elif kind == "target":
-        table = table.select(~np.isnan(table["target"].astype(float)))
+    table = labelled(prepared.patches.split(split), kind)
     if len(table) == 0:
         raise UserError(f"no labelled '{split}' patches for task '{cfg.task.name}'")
     dataset = patch_dataset(cfg, table, with_masks=kind == "mask", quiet=True)

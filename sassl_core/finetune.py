@@ -11,6 +11,7 @@ import typing
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -26,7 +27,7 @@ from sassl_core.stain_norm import build_stain_norm
 from sassl_core.tasks import TaskHead
 from sassl_core.trainer import Phase, Program, Trainer
 from sassl_core.transfer import DualEncoder, build_dual_encoder, load_encoder_state
-from sassl_core.wsi.patches import PreparedData
+from sassl_core.wsi.patches import PatchTable, PreparedData
 
 TARGET_COLUMN = {"label": "label", "target": "target", "mask": "mask"}
 
@@ -121,6 +122,15 @@ def build_downstream(cfg: RunConfig, plugins: PluginSet, prepared: PreparedData,
     return DownstreamModel(encoder, head, cfg.data.image_size, ViewOptions.model_validate(cfg.ssl.views))
 
 
+def labelled(table: PatchTable, kind: str) -> PatchTable:
+    """The rows that carry the ``kind`` of label a head learns from (masks: every row)."""
+    if kind == "label":
+        return table.select(table["label"] >= 0)
+    if kind == "target":
+        return table.select(~np.isnan(table["target"].astype(float)))
+    return table
+
+
 def targets_of(batch: dict, kind: str) -> torch.Tensor:
     value = batch[TARGET_COLUMN[kind]]
     return value.long() if kind in ("label", "mask") else value.float()
@@ -148,11 +158,7 @@ def finetune(
 ) -> FinetuneResult:
     model = prepare_model(build_downstream(cfg, plugins, prepared, pretrained), rt, cfg.trainer.sync_bn, False)
     kind = model.head.target_kind
-    table = prepared.patches.split("train")
-    if kind == "label":
-        table = table.select(table["label"] >= 0)
-    elif kind == "target":
-        table = table.select(~torch.isnan(torch.as_tensor(table["target"])).numpy())
+    table = labelled(prepared.patches.split("train"), kind)
     if len(table) == 0:
         raise UserError(f"dataset '{cfg.data.dataset}': no labelled training patches for task '{cfg.task.name}'")
     dataset = patch_dataset(cfg, table, with_masks=kind == "mask", quiet=cfg.output.quiet or not rt.is_main)

@@ -13,6 +13,7 @@ import numpy as np  # noqa: E402
 
 from sassl_core.config import RunConfig  # noqa: E402
 from sassl_core.evaluate import Predictions  # noqa: E402
+from sassl_core.metrics import confusion_matrix  # noqa: E402
 
 CURVE_KEYS = ("L_ssl", "L_D", "a_same", "a_diff", "loss")
 
@@ -23,6 +24,12 @@ def read_history(run_dir: Path, stage: str) -> list[dict]:
         return []
     with open(path) as fh:
         return [{k: float(v) for k, v in row.items() if v != ""} for row in csv.DictReader(fh)]
+
+
+def _save(fig, path: Path) -> None:
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
 def plot_curves(rows: list[dict], title: str, path: Path) -> bool:
@@ -36,16 +43,13 @@ def plot_curves(rows: list[dict], title: str, path: Path) -> bool:
         ax.set_title(key)
         ax.set_xlabel("step")
     fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save(fig, path)
     return True
 
 
 def plot_confusion(pred: Predictions, class_names: list[str], path: Path) -> None:
     k = len(class_names)
-    matrix = np.zeros((k, k), dtype=int)
-    np.add.at(matrix, (pred.targets.astype(int), pred.predictions.argmax(1)), 1)
+    matrix = confusion_matrix(pred.targets, pred.predictions.argmax(1), k)
     fig, ax = plt.subplots(figsize=(1 + 0.6 * k, 1 + 0.6 * k))
     ax.imshow(matrix, cmap="Blues")
     for (i, j), v in np.ndenumerate(matrix):
@@ -54,9 +58,7 @@ def plot_confusion(pred: Predictions, class_names: list[str], path: Path) -> Non
     ax.set_yticks(range(k), class_names)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def plot_scatter(pred: Predictions, path: Path) -> None:
@@ -65,9 +67,7 @@ def plot_scatter(pred: Predictions, path: Path) -> None:
     ax.plot([0, 1], [0, 1], "k--", lw=0.8)
     ax.set_xlabel("true")
     ax.set_ylabel("predicted")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def plot_overlays(pred: Predictions, path: Path) -> None:
@@ -81,9 +81,7 @@ def plot_overlays(pred: Predictions, path: Path) -> None:
             ax.axis("off")
     axes[0][0].set_title("truth", fontsize=8, loc="left")
     axes[1][0].set_title("prediction", fontsize=8, loc="left")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def task_plot(pred: Predictions, target_kind: str, class_names: list[str], run_dir: Path) -> str:
