@@ -206,12 +206,14 @@ class Trainer:
                 history.write(step + 1, logs)
                 progress.update(step + 1, logs, n_images)
                 done = step + 1
+                # History goes to disk before the checkpoint that claims its steps: a kill between
+                # the two then leaves extra rows (dropped on resume), never missing ones.
                 if done % self.cfg.checkpoint_every == 0 or done == self.total_steps:
-                    self.save(program, done, seen)
                     history.flush()
+                    self.save(program, done, seen)
                 if self._stop_signal is not None:
-                    self.save(program, done, seen)
                     history.flush()
+                    self.save(program, done, seen)
                     raise TrainingInterrupted(
                         f"{self.stage} interrupted by signal {self._stop_signal} after step {done}; "
                         f"checkpoint written to {self.last_path} (continue with --resume)"

@@ -60,7 +60,7 @@ def _program(fault=lambda step: None) -> tuple[Program, nn.Linear]:
 
 
 def _trainer(run_dir: Path, steps: int, resume: bool = False, **trainer) -> Trainer:
-    cfg = TrainerConfig(checkpoint_every=1, **trainer)
+    cfg = TrainerConfig(**{"checkpoint_every": 1, **trainer})
     out = OutputConfig(dir=run_dir, resume=resume, quiet=True, tensorboard=False)
     return Trainer("pretrain", run_dir, cfg, out, Runtime(torch.device("cpu")), steps)
 
@@ -131,6 +131,21 @@ def test_a_write_cut_short_keeps_the_previous_checkpoint(tmp_path):
         atomic_write(path, dies_midway)
     assert load_checkpoint(path)["step"] == 4
     assert sorted(p.name for p in path.parent.iterdir()) == ["pretrain_last.pt"]
+
+
+def test_history_of_every_checkpointed_step_is_on_disk_before_the_checkpoint(tmp_path, monkeypatch):
+    """A SIGKILL right after a checkpoint write must not lose the rows of the steps it claims."""
+    on_disk_at_save = {}
+    real_save = Trainer.save
+
+    def recording_save(self, program, step, batches_seen):
+        on_disk_at_save[step] = _steps(self.run_dir)
+        real_save(self, program, step, batches_seen)
+
+    monkeypatch.setattr(Trainer, "save", recording_save)
+    program, _ = _program()
+    _fit(_trainer(tmp_path, 6, checkpoint_every=2), program)
+    assert on_disk_at_save == {2: [1, 2], 4: [1, 2, 3, 4], 6: [1, 2, 3, 4, 5, 6]}
 
 
 def test_temp_file_left_by_a_kill_is_removed_when_training_starts(tmp_path):
