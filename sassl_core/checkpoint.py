@@ -32,6 +32,12 @@ def atomic_write(path: Path, write) -> None:
             tmp.unlink()
 
 
+def remove_stale_temporaries(path: Path) -> None:
+    """Delete the temporary files that writes of ``path`` cut short by SIGKILL left behind."""
+    for stale in Path(path).parent.glob(f".{Path(path).name}.tmp*"):
+        stale.unlink(missing_ok=True)
+
+
 def save_checkpoint(state: dict, path: Path) -> None:
     atomic_write(path, lambda tmp: torch.save(state, tmp))
 

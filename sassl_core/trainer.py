@@ -23,7 +23,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from sassl_core.checkpoint import load_checkpoint, save_checkpoint
+from sassl_core.checkpoint import atomic_write, load_checkpoint, remove_stale_temporaries, save_checkpoint
 from sassl_core.config import OutputConfig, TrainerConfig
 from sassl_core.errors import SasslError, UserError
 from sassl_core.runtime import Runtime, rng_state, set_rng_state
@@ -171,9 +171,9 @@ class Trainer:
     def fit(self, program: Program, batches: Callable[[int], Iterator[dict]]) -> list[dict]:
         """Train; ``batches(skip)`` returns the batch stream with its first ``skip`` batches skipped."""
         start, seen = 0, 0
-        if self.rt.is_main:  # a checkpoint write cut short by SIGKILL leaves its temporary file
-            for stale in self.ckpt_dir.glob(f".{self.last_path.name}.tmp*"):
-                stale.unlink(missing_ok=True)
+        if self.rt.is_main:
+            remove_stale_temporaries(self.last_path)
+            remove_stale_temporaries(HistoryWriter.path_for(self.run_dir, self.stage))
         if self.out.resume and self.last_path.exists():
             start, seen = self.restore(program)
         history = HistoryWriter(
@@ -229,7 +229,7 @@ class HistoryWriter:
     """Per-step logs to ``history.csv`` (one file per stage) and TensorBoard event files."""
 
     def __init__(self, run_dir: Path, stage: str, tensorboard: bool, resume_at: int, enabled: bool = True) -> None:
-        self.path = Path(run_dir) / f"history_{stage}.csv"
+        self.path = self.path_for(run_dir, stage)
         self.stage = stage
         self.enabled = enabled  # only rank 0 writes
         self.rows: list[dict] = []
@@ -243,6 +243,10 @@ class HistoryWriter:
 
             self.tb = SummaryWriter(str(Path(run_dir) / "tensorboard" / stage))
 
+    @staticmethod
+    def path_for(run_dir: Path, stage: str) -> Path:
+        return Path(run_dir) / f"history_{stage}.csv"
+
     def write(self, step: int, logs: dict[str, float]) -> None:
         row = {"step": step, **{k: float(v) for k, v in logs.items()}}
         self.rows.append(row)
@@ -254,12 +258,14 @@ class HistoryWriter:
         """Rewrite the CSV atomically (called with every checkpoint)."""
         if self.rows and self.enabled:
             keys = sorted({k for r in self.rows for k in r} - {"step"})
-            tmp = self.path.with_suffix(".csv.tmp")
-            with open(tmp, "w", newline="") as fh:
-                writer = csv.DictWriter(fh, fieldnames=["step", *keys])
-                writer.writeheader()
-                writer.writerows(self.rows)
-            tmp.replace(self.path)
+
+            def write(tmp: Path) -> None:
+                with open(tmp, "w", newline="") as fh:
+                    writer = csv.DictWriter(fh, fieldnames=["step", *keys])
+                    writer.writeheader()
+                    writer.writerows(self.rows)
+
+            atomic_write(self.path, write)
 
     def close(self) -> None:
         self.flush()

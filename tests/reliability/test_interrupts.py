@@ -148,13 +148,14 @@ def test_history_of_every_checkpointed_step_is_on_disk_before_the_checkpoint(tmp
     assert on_disk_at_save == {2: [1, 2], 4: [1, 2, 3, 4], 6: [1, 2, 3, 4, 5, 6]}
 
 
-def test_temp_file_left_by_a_kill_is_removed_when_training_starts(tmp_path):
-    stale = tmp_path / "checkpoints" / ".pretrain_last.pt.tmp12345"
-    stale.parent.mkdir(parents=True)
-    stale.write_bytes(b"half")
+def test_temp_files_left_by_a_kill_are_removed_when_training_starts(tmp_path):
+    stale = [tmp_path / "checkpoints" / ".pretrain_last.pt.tmp12345", tmp_path / ".history_pretrain.csv.tmp12345"]
+    for path in stale:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"half")
     program, _ = _program()
     _fit(_trainer(tmp_path, 1), program)
-    assert not stale.exists()
+    assert not [p for p in stale if p.exists()]
 
 
 # --- the real command line in a subprocess -------------------------------------------------
@@ -227,4 +228,4 @@ def test_sigkill_at_random_points_then_resume_equals_an_uninterrupted_run(tmp_pa
     assert want.keys() == got.keys()
     different = [k for k in want if not torch.equal(want[k], got[k])]
     assert not different, f"killed after checkpoints {killed_after}: {len(different)} tensors differ, e.g. {different[:3]}"
-    assert not list((out / "checkpoints").glob(".*tmp*"))
+    assert not list(out.rglob(".*tmp*"))
