@@ -20,12 +20,12 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import torch
-import torch.distributed as dist
 from torch import nn
 
 from sassl_core.checkpoint import atomic_write, load_checkpoint, remove_stale_temporaries, save_checkpoint
 from sassl_core.config import OutputConfig, TrainerConfig
 from sassl_core.errors import SasslError, UserError
+from sassl_core.grad_sync import average_gradients
 from sassl_core.runtime import Runtime, rng_state, set_rng_state
 
 
@@ -129,15 +129,6 @@ class Trainer:
     def _on_signal(self, signum, frame) -> None:
         self._stop_signal = signum
 
-    def _average_gradients(self, optimizer: torch.optim.Optimizer) -> None:
-        if not self.rt.distributed:
-            return
-        for group in optimizer.param_groups:
-            for p in group["params"]:
-                if p.grad is not None:
-                    dist.all_reduce(p.grad)
-                    p.grad.div_(self.rt.world_size)
-
     def train_step(self, program: Program, stream: Iterator[dict], step: int) -> tuple[dict, int, int, bool]:
         """One optimiser step over ``grad_accum`` batches: (logs, images, batches used, finite).
 
@@ -161,7 +152,8 @@ class Trainer:
                 logs.update(phase.logs)
                 if last_micro:
                     opt = program.optimizers[phase.optimizer]
-                    self._average_gradients(opt)
+                    if self.rt.distributed:
+                        average_gradients(opt, self.rt.world_size)
                     if not finite_gradients(opt):
                         return logs, n_images, micro + 1, False
                     opt.step()
