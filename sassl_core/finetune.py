@@ -182,7 +182,7 @@ def finetune(
         with autocast(rt.device, cfg.trainer.amp):
             output = program_model(images)
         loss = model.head.loss(output.float(), targets_of(batch, kind))
-        yield Phase("task", loss, {"loss": float(loss.detach())})
+        yield Phase("task", loss, {"loss": loss.detach()})
 
     program = Program(
         modules={"model": model},

@@ -110,14 +110,14 @@ def build_pretrain_program(cfg: RunConfig, plugins: PluginSet, rt: Runtime, sour
             x1, x2 = x1.contiguous(memory_format=torch.channels_last), x2.contiguous(memory_format=torch.channels_last)
         with autocast(rt.device, cfg.trainer.amp):
             out = forward(x1, x2)
-        logs = {"L_ssl": float(out.loss.detach())}
+        logs = {"L_ssl": out.loss.detach()}
         if adversary is None:
             yield Phase("ssl", out.loss, logs)
             return
         src = source_of[batch["index"]]
         s1, s2 = out.s1.float(), out.s2.float()
         d_loss, d_stats = adversary.discriminator_loss(s1, s2, src)
-        yield Phase("discriminator", d_loss, {"L_D": float(d_loss.detach())})
+        yield Phase("discriminator", d_loss, {"L_D": d_loss.detach()})
         g_term, g_stats = adversary.generator_term(s1, s2, src, step)
         logs.update(a_same=g_stats["a_same"], a_diff=g_stats["a_diff"], lam=adversary.lam_at(step))
         yield Phase("ssl", out.loss + g_term, logs)

@@ -31,11 +31,12 @@ from sassl_core.runtime import Runtime, rng_state, set_rng_state
 
 @dataclass
 class Phase:
-    """One loss of a step and the optimiser that minimises it."""
+    """One loss of a step and the optimiser that minimises it. ``logs`` values may be 0-d
+    tensors still on the device: the loop reads a step's logs back in one go at its end."""
 
     optimizer: str
     loss: torch.Tensor
-    logs: dict[str, float] = field(default_factory=dict)
+    logs: dict[str, float | torch.Tensor] = field(default_factory=dict)
 
 
 @dataclass
@@ -51,10 +52,19 @@ class Program:
     load_extra_state: Callable[[dict], None] = lambda state: None
 
 
-def finite_gradients(optimizer: torch.optim.Optimizer) -> bool:
-    """Whether every gradient ``optimizer`` would apply is finite (one reduction, one sync)."""
+def finite_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> bool:
+    """Whether ``loss`` and every gradient ``optimizer`` would apply are finite: one reduction,
+    the step's only wait for the device before the optimiser steps."""
     grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-    return not grads or bool(torch.isfinite(torch.nn.utils.get_total_norm(grads)))
+    return bool(torch.isfinite(torch.nn.utils.get_total_norm([loss.detach().float().reshape(1), *grads])))
+
+
+def read_back(logs: dict[str, float | torch.Tensor]) -> dict[str, float]:
+    """A step's logs as floats, the device tensors among them copied back in one transfer."""
+    tensors = {k: v for k, v in logs.items() if isinstance(v, torch.Tensor)}
+    values = torch.stack([t.float().reshape(()) for t in tensors.values()]).tolist() if tensors else []
+    read = dict(zip(tensors, values))
+    return {k: read[k] if k in read else float(v) for k, v in logs.items()}
 
 
 class TrainingInterrupted(SasslError):
@@ -139,26 +149,24 @@ class Trainer:
             module.train()
         for opt in program.optimizers.values():
             opt.zero_grad(set_to_none=True)
-        logs: dict[str, float] = {}
+        logs: dict[str, float | torch.Tensor] = {}
         n_images = 0
         for micro in range(self.cfg.grad_accum):
             batch = next(stream)
             n_images += int(batch["image"].shape[0])
             last_micro = micro == self.cfg.grad_accum - 1
             for phase in program.phases(batch, step):
-                if not torch.isfinite(phase.loss.detach()).all():
-                    return logs, n_images, micro + 1, False
                 (phase.loss / self.cfg.grad_accum).backward()
                 logs.update(phase.logs)
-                if last_micro:
+                if last_micro:  # a non-finite loss of an earlier micro-batch left non-finite gradients
                     opt = program.optimizers[phase.optimizer]
                     if self.rt.distributed:
                         average_gradients(opt, self.rt.world_size)
-                    if not finite_gradients(opt):
-                        return logs, n_images, micro + 1, False
+                    if not finite_step(opt, phase.loss):
+                        return {}, n_images, micro + 1, False
                     opt.step()
                     opt.zero_grad(set_to_none=True)
-        return logs, n_images, self.cfg.grad_accum, True
+        return read_back(logs), n_images, self.cfg.grad_accum, True
 
     def fit(self, program: Program, batches: Callable[[int], Iterator[dict]]) -> list[dict]:
         """Train; ``batches(skip)`` returns the batch stream with its first ``skip`` batches skipped."""

@@ -31,7 +31,7 @@ from sassl_core.ssl.distributed import gather_with_grad
 from sassl_core.stain.affinity import affinity_matrix, masked_means, relation_matrix
 from sassl_core.stain.discriminator import StainDiscriminator
 
-Stats = dict[str, float]
+Stats = dict[str, torch.Tensor]
 
 
 class StainAdversary(nn.Module):
@@ -104,6 +104,7 @@ class StainAdversary(nn.Module):
 
 
 def _stats(a_same: torch.Tensor, a_diff: torch.Tensor) -> Stats:
-    """Floats for logging, read back with a single device synchronisation."""
-    a_same_value, a_diff_value = torch.stack([a_same, a_diff]).detach().float().tolist()
-    return {"a_same": a_same_value, "a_diff": a_diff_value, "L_D": a_diff_value - a_same_value}
+    """Detached 0-d tensors for logging: reading them back is left to the trainer, once a step,
+    so the step runs without waiting for the device."""
+    a_same, a_diff = a_same.detach().float(), a_diff.detach().float()
+    return {"a_same": a_same, "a_diff": a_diff, "L_D": a_diff - a_same}

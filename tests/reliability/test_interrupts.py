@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
+import math
 import os
 import random
 import signal
@@ -39,8 +40,9 @@ def _batches(skip: int):
 
 
 def _program(fault=lambda step: None) -> tuple[Program, nn.Linear]:
-    """``fault(step)`` may return 'loss' (a NaN loss), 'grad' (finite loss, NaN gradient) or
-    'signal:<n>' (send signal n to this process during the step)."""
+    """``fault(step)`` may return 'loss' (a NaN loss), 'grad' (finite loss, NaN gradient),
+    'loss-only' (NaN loss, finite gradient) or 'signal:<n>' (send signal n to this process during
+    the step)."""
     torch.manual_seed(0)
     model = nn.Linear(2, 1)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
@@ -50,11 +52,13 @@ def _program(fault=lambda step: None) -> tuple[Program, nn.Linear]:
         kind = fault(step) or ""
         if kind == "loss":
             loss = loss * float("nan")
+        elif kind == "loss-only":
+            loss = loss + torch.tensor(float("nan"))  # a logged term without gradient
         elif kind == "grad":
             loss = loss + torch.sqrt(model.weight.sum() * 0)  # value 0, gradient NaN
         elif kind.startswith("signal:"):
             os.kill(os.getpid(), int(kind.split(":")[1]))
-        yield Phase("main", loss, {"loss": float(loss.detach())})
+        yield Phase("main", loss, {"loss": loss.detach(), "constant": 1.0})  # device tensors and floats
 
     return Program({"model": model}, {"main": opt}, {}, phases), model
 
@@ -79,6 +83,15 @@ def test_nonfinite_loss_skips_the_step_with_a_warning(tmp_path):
     assert [r["step"] for r in rows] == [1, 2, 4, 5]
     assert torch.isfinite(model.weight).all()
     assert load_checkpoint(tmp_path / "checkpoints" / "pretrain_last.pt")["step"] == 5
+
+
+def test_nonfinite_loss_with_finite_gradients_is_skipped_too(tmp_path):
+    program, model = _program(lambda step: "loss-only" if step == 1 else None)
+    trainer = _trainer(tmp_path, 3)
+    rows, err = _fit(trainer, program)
+    assert "pretrain step 2: non-finite loss or gradient, step skipped" in err
+    assert [r["step"] for r in rows] == [1, 3]
+    assert all(math.isfinite(r["loss"]) and r["constant"] == 1.0 for r in rows)
 
 
 def test_nonfinite_gradient_never_reaches_the_weights(tmp_path):
