@@ -85,6 +85,10 @@ class ViewOptions(BaseModel):
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
 
+    def input_stats(self) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
+        """``(mean, std)`` that model inputs in [0, 1] are normalised with (identity when off)."""
+        return (self.mean, self.std) if self.normalize else ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
+
     @model_validator(mode="after")
     def _check_bounds(self) -> "ViewOptions":
         if self.crop_scale[1] > 1:

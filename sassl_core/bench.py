@@ -14,7 +14,9 @@ give the "in-domain" score. Every arm runs the same seeds with the same budget:
 
 crossed with the ablation axes ``--sassl``, ``--rl``, ``--ssl`` and ``--backbone``. Each run
 lives in ``<out>/<arm>/seed<k>/``; ``bench.json`` and ``bench.md`` hold mean ± standard
-deviation (sample, ``ddof = 1``) of accuracy and QWK over the seeds.
+deviation (sample, ``ddof = 1``) of accuracy and QWK over the seeds, and of the centre probe
+(:mod:`sassl_core.stain_probe`): how well the pretrained encoder's features still tell the
+centres apart.
 """
 
 from __future__ import annotations
@@ -39,7 +41,9 @@ from sassl_core.evaluate import compute_metrics, predict, write_metrics
 from sassl_core.finetune import build_downstream
 from sassl_core.metrics import classification_metrics
 from sassl_core.plugins import PluginSet, default_plugins
-from sassl_core.runtime import init_runtime
+from sassl_core.runtime import Runtime, init_runtime
+from sassl_core.stain_probe import centre_probe
+from sassl_core.wsi.patches import PreparedData
 
 RESULT_FILE = "bench_result.json"
 TARGET_FILE = "stain_target.png"
@@ -143,16 +147,16 @@ def accuracy_by_source(predictions) -> dict[str, float]:
     }
 
 
-def evaluate_in_domain(cfg: RunConfig, plugins: PluginSet, run_dir: Path) -> tuple[dict, dict[str, float]] | None:
+def evaluate_in_domain(
+    cfg: RunConfig, plugins: PluginSet, prepared: PreparedData, run_dir: Path, rt: Runtime
+) -> tuple[dict, dict[str, float]] | None:
     """Metrics of a finished run's fine-tuned model on the training centres' validation split.
 
     Writes ``metrics_in_domain.json``; ``None`` when the dataset has no validation patches.
     """
-    prepared = prepare_dataset(cfg, plugins)
     split = prepared.patches["split"]
     if not (split == "val").any():
         return None
-    rt = init_runtime(cfg.trainer.device)
     model = build_downstream(cfg, plugins, prepared, None).to(rt.device)
     model.load_state_dict(load_checkpoint(run_dir / "checkpoints" / "finetune_last.pt")["modules"]["model"])
     val = replace(prepared, patches=prepared.patches.select(split == "val"))
@@ -172,7 +176,10 @@ def run_arm(cfg: RunConfig, plugins: PluginSet, keep_checkpoints: bool) -> dict:
         "per_centre": {},
         "config": cfg.model_dump(mode="json"),
     }
-    in_domain = evaluate_in_domain(cfg, plugins, result.run_dir)
+    prepared, rt = prepare_dataset(cfg, plugins), init_runtime(cfg.trainer.device)
+    encoder = result.run_dir / "encoder.safetensors"
+    record["centre_probe"] = centre_probe(cfg, plugins, prepared.patches, encoder, rt) if encoder.is_file() else None
+    in_domain = evaluate_in_domain(cfg, plugins, prepared, result.run_dir, rt)
     if in_domain is not None:
         metrics, by_centre = in_domain
         record["in_domain"] = {"accuracy": metrics["metrics"]["accuracy"], "qwk": metrics["metrics"]["qwk"]}
@@ -213,6 +220,9 @@ def summarise(runs: list[dict]) -> dict:
         for metric in ("accuracy", "qwk")
     }
     summary["per_centre_accuracy"] = {c: mean_std([r["per_centre"].get(c) for r in runs]) for c in centres}
+    probes = [r.get("centre_probe") or {} for r in runs]
+    summary["centre_probe_accuracy"] = mean_std([p.get("accuracy") for p in probes])
+    summary["centre_probe_majority"] = mean_std([p.get("majority") for p in probes])
     return summary
 
 
@@ -260,7 +270,8 @@ def stain_shift_benchmark(
             record = _finished(run_dir, cfg) or run_arm(cfg, plugins, keep_checkpoints)
             runs.append({k: v for k, v in record.items() if k != "config"} | {"run_dir": str(run_dir.relative_to(out_dir))})
             log(f"{arm.name} seed {seed}: shifted accuracy {record['shifted']['accuracy']:.4f}, qwk {record['shifted']['qwk']:.4f}"
-                + (f"; in-domain accuracy {record['in_domain']['accuracy']:.4f}" if "in_domain" in record else ""))
+                + (f"; in-domain accuracy {record['in_domain']['accuracy']:.4f}" if "in_domain" in record else "")
+                + (f"; centre probe {record['centre_probe']['accuracy']:.4f}" if record.get("centre_probe") else ""))
         rows.append(asdict(arm) | {"runs": runs, "summary": summarise(runs)})
     report = {
         "benchmark": "stain-shift",
@@ -286,6 +297,11 @@ def _cell(stat: dict | None) -> str:
     return "–" if stat is None else f"{stat['mean']:.3f} ± {stat['std']:.3f}"
 
 
+def _probe_cell(summary: dict) -> str:
+    acc, floor = summary.get("centre_probe_accuracy"), summary.get("centre_probe_majority")
+    return _cell(acc) + (f" ({floor['mean']:.2f})" if acc and floor else "")
+
+
 def render_markdown(report: dict) -> str:
     """The table of ``bench.json`` in the shape of the paper's Table 1 (one row per arm)."""
     b = report["budget"]
@@ -294,17 +310,20 @@ def render_markdown(report: dict) -> str:
         "",
         f"Dataset `{report['dataset']}`, seeds {', '.join(map(str, report['seeds']))} (mean ± sample std), "
         f"{b['image_size']} px, {b['pretrain_steps']} pretraining + {b['finetune_steps']} fine-tuning steps, batch {b['batch_size']}. "
-        "Shifted = the held-out centre (test split); in-domain = validation slides of the training centres.",
+        "Shifted = the held-out centre (test split); in-domain = validation slides of the training centres. "
+        "Centre probe = held-out accuracy of a linear probe predicting the centre from the pretrained encoder's "
+        "features (lower = more stain-invariant; the floor is the majority share in brackets).",
         "",
-        "| arm | SSL | backbone | SASSL | stain norm | RL | shifted acc | shifted QWK | in-domain acc | in-domain QWK |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| arm | SSL | backbone | SASSL | stain norm | RL | shifted acc | shifted QWK | in-domain acc | in-domain QWK "
+        "| centre probe acc |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in report["arms"]:
         s = row["summary"]
         lines.append(
             f"| {row['name']} | {row['ssl']} | {row['backbone']} | {'yes' if row['sassl'] else 'no'} | {row['stain_norm'] or '–'} | "
             f"{'yes' if row['residual'] else 'no'} | {_cell(s['shifted_accuracy'])} | {_cell(s['shifted_qwk'])} | "
-            f"{_cell(s['in_domain_accuracy'])} | {_cell(s['in_domain_qwk'])} |"
+            f"{_cell(s['in_domain_accuracy'])} | {_cell(s['in_domain_qwk'])} | {_probe_cell(s)} |"
         )
     centres = sorted({c for row in report["arms"] for c in row["summary"]["per_centre_accuracy"]})
     if centres:

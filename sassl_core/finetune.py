@@ -41,7 +41,7 @@ class DownstreamModel(nn.Module):
         self.head = head
         self.image_size = image_size
         # the same input normalisation the encoder was pretrained with
-        mean, std = (views.mean, views.std) if views.normalize else ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
+        mean, std = views.input_stats()
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
 

@@ -97,13 +97,14 @@ def test_mean_std_is_the_sample_deviation_and_skips_missing():
 def test_markdown_table_has_one_row_per_arm():
     stat = {"mean": 0.5, "std": 0.1, "n": 3}
     summary = {"shifted_accuracy": stat, "shifted_qwk": stat, "in_domain_accuracy": None, "in_domain_qwk": None,
-               "per_centre_accuracy": {"centre0": stat, "centre2": stat}}
+               "per_centre_accuracy": {"centre0": stat, "centre2": stat},
+               "centre_probe_accuracy": stat, "centre_probe_majority": {"mean": 1 / 3, "std": 0.0, "n": 3}}
     arm = {"ssl": "simsiam", "backbone": "resnet18", "sassl": False, "stain_norm": None, "residual": True, "summary": summary}
     report = {"test_centre": 2, "dataset": "synthetic", "seeds": [0, 1, 2],
               "budget": {"image_size": 48, "pretrain_steps": 60, "finetune_steps": 60, "batch_size": 16},
               "arms": [arm | {"name": "ssl"}, arm | {"name": "sassl", "sassl": True}]}
     text = render_markdown(report)
-    assert "| ssl | simsiam | resnet18 | no | – | yes | 0.500 ± 0.100 | 0.500 ± 0.100 | – | – |" in text
+    assert "| ssl | simsiam | resnet18 | no | – | yes | 0.500 ± 0.100 | 0.500 ± 0.100 | – | – | 0.500 ± 0.100 (0.33) |" in text
     assert "| sassl | simsiam | resnet18 | yes |" in text
     assert "| arm | centre0 | centre2 |" in text
 
@@ -155,6 +156,10 @@ def test_benchmark_writes_table_and_resumes(tmp_path):
             assert run["shifted"]["accuracy"] == test_metrics["metrics"]["accuracy"]
             assert set(run["per_centre"]) == {"centre0", "centre1", "centre2"}
             assert not (run_dir / "checkpoints").exists()
+            probe = run["centre_probe"]  # 3 centres x 2 slides: one slide of each to fit, one to test
+            assert probe["centres"] == 3 and 0.0 <= probe["accuracy"] <= 1.0 and probe["test_patches"] > 0
+        probes = [r["centre_probe"]["accuracy"] for r in arm["runs"]]
+        assert arm["summary"]["centre_probe_accuracy"]["mean"] == pytest.approx(np.mean(probes))
         accs = [r["shifted"]["accuracy"] for r in arm["runs"]]
         assert arm["summary"]["shifted_accuracy"]["mean"] == pytest.approx(np.mean(accs))
         assert 0.0 <= arm["summary"]["in_domain_accuracy"]["mean"] <= 1.0
