@@ -63,6 +63,9 @@ class SasslConfig(Section):
     warmup_steps: int = Field(0, ge=0)  # λ ramps linearly from 0 over these steps
     lr: float = Field(1e-3, gt=0)  # discriminator learning rate (its own optimiser)
     source_key: Literal["slide", "provider"] = "slide"  # what counts as one stain source
+    # what D reads: the projector outputs S1, S2 (paper Eq. 5-6), or the encoder's pooled
+    # features H1, H2 (what the downstream models use; needs a method that returns them)
+    embedding: Literal["projector", "encoder"] = "projector"
 
 
 class OptimConfig(Section):

@@ -25,6 +25,7 @@ from sassl_core.optim import build_optimizer, warmup_cosine
 from sassl_core.plugins import PluginSet
 from sassl_core.runtime import Runtime, autocast, prepare_model
 from sassl_core.sampler import SourceBalancedBatchSampler
+from sassl_core.ssl import SSLOutput
 from sassl_core.stain.adversary import StainAdversary
 from sassl_core.stain_norm import build_stain_norm
 from sassl_core.trainer import Phase, Program, Trainer
@@ -44,14 +45,24 @@ def build_ssl_model(cfg: RunConfig, plugins: PluginSet) -> torch.nn.Module:
     return plugins["ssl"].create(cfg.ssl.method, cfg.ssl.options, encoder=encoder, feature_dim=pooled_dim(encoder))
 
 
-def _embedding_dim(model: torch.nn.Module, image_size: int, device: torch.device) -> int:
-    probe = torch.zeros(2, 3, image_size, image_size, device=device)
+def adversary_inputs(out: SSLOutput, embedding: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The two views' embeddings the stain discriminator reads (``sassl.embedding``)."""
+    return (out.h1, out.h2) if embedding == "encoder" else (out.s1, out.s2)
+
+
+def _embedding_dim(cfg: RunConfig, model: torch.nn.Module, device: torch.device) -> int:
+    probe = torch.zeros(2, 3, cfg.data.image_size, cfg.data.image_size, device=device)
     was_training = model.training
     model.eval()
     with torch.no_grad():
-        out = model(probe, probe)
+        s1, _ = adversary_inputs(model(probe, probe), cfg.sassl.embedding)
     model.train(was_training)
-    return int(out.s1.shape[1])
+    if s1 is None:
+        raise UserError(
+            f"sassl.embedding: ssl method '{cfg.ssl.method}' does not return its encoder features "
+            "(SSLOutput.h1/h2); expected 'projector' for it"
+        )
+    return int(s1.shape[1])
 
 
 def balanced_sampler(cfg: RunConfig, ids, rt: Runtime) -> SourceBalancedBatchSampler:
@@ -90,7 +101,7 @@ def build_pretrain_program(cfg: RunConfig, plugins: PluginSet, rt: Runtime, sour
     if cfg.sassl.enabled:
         s = cfg.sassl
         adversary = StainAdversary(
-            _embedding_dim(model, cfg.data.image_size, rt.device),
+            _embedding_dim(cfg, model, rt.device),
             hidden_dim=s.hidden_dim,
             layers=s.layers,
             temperature=s.temperature,
@@ -115,7 +126,7 @@ def build_pretrain_program(cfg: RunConfig, plugins: PluginSet, rt: Runtime, sour
             yield Phase("ssl", out.loss, logs)
             return
         src = source_of[batch["index"]]
-        s1, s2 = out.s1.float(), out.s2.float()
+        s1, s2 = (s.float() for s in adversary_inputs(out, cfg.sassl.embedding))
         d_loss, d_stats = adversary.discriminator_loss(s1, s2, src)
         yield Phase("discriminator", d_loss, {"L_D": d_loss.detach()})
         g_term, g_stats = adversary.generator_term(s1, s2, src, step)

@@ -35,11 +35,11 @@ class BYOL(MomentumMethod):
         self.predictor = build_mlp(options.proj_dim, options.pred_hidden_dim, options.proj_dim)
 
     def forward(self, x1: torch.Tensor, x2: torch.Tensor) -> SSLOutput:
-        z1, z2 = self.online_embedding(x1), self.online_embedding(x2)
+        (h1, z1), (h2, z2) = self.online_embedding(x1), self.online_embedding(x2)
         t1, t2 = self.target_embedding(x1), self.target_embedding(x2)
         p1, p2 = self.predictor(z1), self.predictor(z2)
         loss = byol_regression_loss(p1, t2) + byol_regression_loss(p2, t1)
-        return SSLOutput(loss, z1, z2)
+        return SSLOutput(loss, z1, z2, h1, h2)
 
 
 def build(options: BYOLOptions, encoder: nn.Module, feature_dim: int) -> BYOL:

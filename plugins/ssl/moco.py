@@ -41,7 +41,7 @@ class MoCo(MomentumMethod):
         self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
 
     def forward(self, x1: torch.Tensor, x2: torch.Tensor) -> SSLOutput:
-        q1, q2 = self.online_embedding(x1), self.online_embedding(x2)
+        (h1, q1), (h2, q2) = self.online_embedding(x1), self.online_embedding(x2)
         k1, k2 = self.target_embedding(x1), self.target_embedding(x2)
         negatives = self.queue.clone()  # the queue changes below, autograd needs this snapshot
         loss = 0.5 * (
@@ -49,7 +49,7 @@ class MoCo(MomentumMethod):
         )
         if self.training:
             self.enqueue(gather_with_grad(torch.cat([k1, k2])))
-        return SSLOutput(loss, q1, q2)
+        return SSLOutput(loss, q1, q2, h1, h2)
 
     @torch.no_grad()
     def enqueue(self, keys: torch.Tensor) -> None:

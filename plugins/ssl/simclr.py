@@ -31,9 +31,9 @@ class SimCLR(SSLMethod):
         self.temperature = options.temperature
 
     def forward(self, x1: torch.Tensor, x2: torch.Tensor) -> SSLOutput:
-        z1 = self.projector(self.encoder(x1))
-        z2 = self.projector(self.encoder(x2))
-        return SSLOutput(nt_xent(z1, z2, self.temperature), z1, z2)
+        h1, h2 = self.encoder(x1), self.encoder(x2)
+        z1, z2 = self.projector(h1), self.projector(h2)
+        return SSLOutput(nt_xent(z1, z2, self.temperature), z1, z2, h1, h2)
 
 
 def build(options: SimCLROptions, encoder: nn.Module, feature_dim: int) -> SimCLR:

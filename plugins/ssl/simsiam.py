@@ -34,11 +34,11 @@ class SimSiam(SSLMethod):
         self.predictor = build_mlp(options.proj_dim, options.pred_hidden_dim, options.proj_dim, num_layers=2)
 
     def forward(self, x1: torch.Tensor, x2: torch.Tensor) -> SSLOutput:
-        z1 = self.projector(self.encoder(x1))
-        z2 = self.projector(self.encoder(x2))
+        h1, h2 = self.encoder(x1), self.encoder(x2)
+        z1, z2 = self.projector(h1), self.projector(h2)
         p1, p2 = self.predictor(z1), self.predictor(z2)
         loss = 0.5 * (negative_cosine_similarity(p1, z2.detach()) + negative_cosine_similarity(p2, z1.detach()))
-        return SSLOutput(loss, z1, z2)
+        return SSLOutput(loss, z1, z2, h1, h2)
 
 
 def build(options: SimSiamOptions, encoder: nn.Module, feature_dim: int) -> SimSiam:

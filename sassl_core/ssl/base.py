@@ -10,11 +10,14 @@ from torch import nn
 
 @dataclass
 class SSLOutput:
-    """A method's loss and the per-view embeddings S1, S2 the stain discriminator reads."""
+    """A method's loss and the per-view embeddings the stain discriminator reads: S1, S2 (the
+    paper's), or the encoder's pooled features H1, H2 with ``sassl.embedding = 'encoder'``."""
 
     loss: torch.Tensor
     s1: torch.Tensor  # (B, d) online projector output of view 1
     s2: torch.Tensor  # (B, d) online projector output of view 2
+    h1: torch.Tensor | None = None  # (B, feature_dim) online encoder output of view 1, if the method gives it
+    h2: torch.Tensor | None = None
 
 
 class SSLMethod(nn.Module):

@@ -71,8 +71,10 @@ class MomentumMethod(SSLMethod):
         self.base_momentum = base_momentum
         self.final_momentum = final_momentum
 
-    def online_embedding(self, x: torch.Tensor) -> torch.Tensor:
-        return self.projector(self.encoder(x))
+    def online_embedding(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(encoder features, projector output)`` of the online branch."""
+        h = self.encoder(x)
+        return h, self.projector(h)
 
     @torch.no_grad()
     def target_embedding(self, x: torch.Tensor) -> torch.Tensor:

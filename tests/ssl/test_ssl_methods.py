@@ -54,6 +54,9 @@ def test_forward_gives_scalar_loss_and_online_embeddings(ssl_registry, name, vie
     # the stain discriminator's gradient must reach the encoder through s1, s2
     grad = torch.autograd.grad(out.s1.sum() + out.s2.sum(), model.encoder[0].weight)[0]
     assert grad.abs().sum() > 0
+    # the encoder's own features of the two views, for sassl.embedding=encoder
+    assert out.h1.shape == out.h2.shape == (8, FEATURE_DIM)
+    assert torch.equal(out.h1, model.encoder(views[0])) and torch.equal(out.h2, model.encoder(views[1]))
 
 
 @pytest.mark.parametrize("name", METHODS)

@@ -68,10 +68,10 @@ class BarlowTwins(SSLMethod):
         self.redundancy_weight = options.redundancy_weight
 
     def forward(self, x1: torch.Tensor, x2: torch.Tensor) -> SSLOutput:
-        z1 = self.projector(self.encoder(x1))
-        z2 = self.projector(self.encoder(x2))
+        h1, h2 = self.encoder(x1), self.encoder(x2)
+        z1, z2 = self.projector(h1), self.projector(h2)
         loss = barlow_twins_loss(gather_with_grad(z1), gather_with_grad(z2), self.redundancy_weight)
-        return SSLOutput(loss, z1, z2)
+        return SSLOutput(loss, z1, z2, h1, h2)
 
 
 def build_barlow_twins(options: BarlowTwinsOptions, encoder: nn.Module, feature_dim: int) -> BarlowTwins:
