@@ -31,12 +31,13 @@ from sassl_core.plugins import PluginSet, default_plugins
 from sassl_core.pretrain import ENCODER_FILE, pretrain as pretrain_stage
 from sassl_core.report import plot_curves, read_history, task_plot, write_report
 from sassl_core.runtime import Runtime, init_runtime, seed_everything
+from sassl_core.stain_probe import centre_probe
 from sassl_core.wsi.cache import read_patch
 from sassl_core.wsi.patches import PreparedData
 from sassl_core.wsi.reader import open_slide
 from sassl_core.wsi.tiling import tile_slide
 
-__all__ = ["RunConfig", "RunResult", "load_config", "pretrain", "finetune", "evaluate", "run", "heatmap"]
+__all__ = ["RunConfig", "RunResult", "load_config", "pretrain", "finetune", "evaluate", "probe", "run", "heatmap"]
 
 RUN_MARKERS = ("config.yaml", "checkpoints", "metrics.json", ENCODER_FILE)
 
@@ -58,15 +59,15 @@ def check_run_dir(cfg: RunConfig, stage: str) -> bool:
 
 
 def _continues(run_dir: Path, stage: str) -> bool:
-    """Evaluating a run, or fine-tuning inside a pretraining run's folder, is the intended workflow."""
-    return stage == "evaluate" or (stage == "finetune" and (run_dir / ENCODER_FILE).exists())
+    """Evaluating or probing a run, or fine-tuning inside a pretraining run's folder, is the intended workflow."""
+    return stage in ("evaluate", "probe") or (stage == "finetune" and (run_dir / ENCODER_FILE).exists())
 
 
 def _check_names(cfg: RunConfig, plugins: PluginSet, stage: str) -> None:
     """Unknown component names fail before anything is written."""
     if stage in ("run", "pretrain"):
         plugins["ssl"].get(cfg.ssl.method)
-    if stage != "pretrain":
+    if stage not in ("pretrain", "probe"):
         plugins["task"].get(cfg.task.name)
     if not cfg.backbone.name.startswith(TIMM_PREFIX):
         plugins["backbone"].get(cfg.backbone.name)
@@ -74,7 +75,7 @@ def _check_names(cfg: RunConfig, plugins: PluginSet, stage: str) -> None:
 
 def _write_run_dir(cfg: RunConfig, run_dir: Path, stage: str, prepared: PreparedData) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
-    config = run_dir / (f"config_{stage}.yaml" if stage in ("finetune", "evaluate") else "config.yaml")
+    config = run_dir / (f"config_{stage}.yaml" if stage in ("finetune", "evaluate", "probe") else "config.yaml")
     if not (cfg.output.resume and config.exists()):  # a resumed run keeps the settings it started with
         atomic_write(config, lambda tmp: Path(tmp).write_text(cfg.to_yaml()))
     if prepared.skipped:
@@ -160,6 +161,27 @@ def evaluate(cfg: RunConfig, plugins: PluginSet | None = None) -> RunResult:
     with _stage(cfg, plugins, "evaluate") as (plugins, rt, run_dir, prepared):
         model = _load_finetuned(cfg, plugins, prepared, rt, run_dir)
         return RunResult(run_dir, _evaluate_model(cfg, model, prepared, rt, run_dir))
+
+
+def probe(cfg: RunConfig, plugins: PluginSet | None = None) -> RunResult:
+    """How well a linear probe tells the data's centres apart from the features of the encoder in
+    ``finetune.pretrained`` (or in ``output.dir``): writes ``centre_probe.json``
+    (:mod:`sassl_core.stain_probe`)."""
+    with _stage(cfg, plugins, "probe") as (plugins, rt, run_dir, prepared):
+        encoder = resolve_pretrained(cfg.finetune.pretrained or (run_dir if (run_dir / ENCODER_FILE).exists() else None))
+        if encoder is None:
+            raise UserError(f"finetune.pretrained: expected the encoder to probe (--pretrained RUN), or an --out folder holding {ENCODER_FILE}")
+        result = centre_probe(cfg, plugins, prepared.patches, encoder, rt)
+        if result is None:
+            slides = {str(s) for s in prepared.patches["slide_id"]}
+            centres = {str(c) for c in prepared.patches["source"]}
+            raise UserError(
+                f"data.dataset: the centre probe needs at least 2 centres with 2 slides each; "
+                f"'{cfg.data.dataset}' has {len(centres)} centre(s) and {len(slides)} slide(s)"
+            )
+        result["encoder"] = str(encoder)
+        atomic_write(run_dir / "centre_probe.json", lambda tmp: Path(tmp).write_text(json.dumps(result, indent=2) + "\n"))
+        return RunResult(run_dir, {"task": "centre_probe", "metrics": result}, encoder)
 
 
 def heatmap(run_dir: Path, slide: Path, out_dir: Path | None = None, cam_patches: int = 4,

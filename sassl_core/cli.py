@@ -1,6 +1,6 @@
 """The ``sassl`` command line.
 
-``sassl run | pretrain | finetune | evaluate`` share one set of options, merged into the run
+``sassl run | pretrain | finetune | evaluate | probe`` share one set of options, merged into the run
 config in a fixed order (defaults → ``--config`` files → flags → ``--set``). Bad input gives
 one line per problem on stderr and exit status 2, never a traceback.
 """
@@ -60,7 +60,7 @@ def _run_options(parser: argparse.ArgumentParser) -> None:
     a("--finetune-steps", type=int, help="fine-tuning steps")
     a("--image-size", type=int, help="patch side in pixels")
     a("--batch-size", type=int, help="batch size of both stages")
-    a("--pretrained", type=Path, help="pretraining run folder or encoder.safetensors (finetune)")
+    a("--pretrained", type=Path, help="pretraining run folder or encoder.safetensors (finetune, probe)")
     a("--mpp", type=float, help="µm/px to assume for slides that carry no resolution")
     a("--num-workers", type=int, help="data-loading worker processes")
     a("--strict", action="store_true", default=None, help="a bad slide is fatal instead of skipped")
@@ -103,6 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("pretrain", "stage 1: stain-adaptive self-supervised pretraining"),
         ("finetune", "stage 2: downstream fine-tuning with residual learning, then evaluation"),
         ("evaluate", "re-evaluate the fine-tuned model of a run"),
+        ("probe", "how well a linear probe tells the data's centres apart from a pretrained encoder's features"),
     ):
         _run_options(sub.add_parser(name, help=help_text))
 

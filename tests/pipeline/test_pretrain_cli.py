@@ -1,6 +1,7 @@
 """`sassl pretrain` end to end on the synthetic default: every method, with and without SASSL."""
 
 import csv
+import json
 
 import pytest
 from safetensors.torch import load_file
@@ -57,3 +58,26 @@ def test_unknown_method_lists_what_exists(tmp_path):
     assert "error: unknown ssl method 'simsam'; available: " in proc.err
     assert "byol, moco, simclr, simsiam" in proc.err
     assert "Traceback" not in proc.err
+
+
+@pytest.mark.slow
+def test_probe_a_pretraining_run_then_refusals(tmp_path):
+    pre = tmp_path / "pre"
+    sassl("pretrain", "--steps", 2, "--out", pre, *TINY)
+    done = sassl("probe", "--out", pre, *TINY, "--set", "output.quiet=false")  # its own folder: the intended workflow
+    probe = json.loads((pre / "centre_probe.json").read_text())
+    assert probe["centres"] == 2 and 0.0 <= probe["accuracy"] <= 1.0 and probe["majority"] >= 0.5
+    assert probe["fit_patches"] > 0 and probe["test_patches"] > 0 and probe["encoder"] == str(pre / "encoder.safetensors")
+    assert json.loads(done.out)["metrics"]["accuracy"] == probe["accuracy"]
+    assert (pre / "config_probe.yaml").is_file() and (pre / "config.yaml").is_file()
+
+    missing = sassl("probe", "--out", tmp_path / "nothing", *TINY, check=False)
+    assert missing.status == 2 and missing.err.strip().splitlines()[-1].startswith(
+        "error: finetune.pretrained: expected the encoder to probe (--pretrained RUN)")
+    assert not (tmp_path / "nothing").exists()  # refused before producing anything
+
+    one_centre = "data.options={centres: 1, slides_per_centre: 2, slide_size: 384, regions: 3}"
+    refused = sassl("probe", "--pretrained", pre, "--out", tmp_path / "one", *TINY, "--set", one_centre, check=False)
+    assert refused.status == 2 and "error: data.dataset: the centre probe needs at least 2 centres with 2 slides each; " \
+        "'synthetic' has 1 centre(s) and 2 slide(s)" in refused.err
+    assert not (tmp_path / "one").exists()
