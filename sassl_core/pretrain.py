@@ -106,6 +106,7 @@ def build_pretrain_program(cfg: RunConfig, plugins: PluginSet, rt: Runtime, sour
             layers=s.layers,
             temperature=s.temperature,
             squash=s.squash,
+            cosine=s.cosine,
             normalize=s.normalize,
             lam=s.lam,
             warmup_steps=s.warmup_steps,

@@ -50,6 +50,7 @@ class StainAdversary(nn.Module):
         layers: int = 3,
         temperature: float = 1.0,
         squash: bool = True,
+        cosine: bool = False,
         lam: float = 1.0,
         warmup_steps: int = 0,
         normalize: bool = True,
@@ -58,6 +59,7 @@ class StainAdversary(nn.Module):
         self.discriminator = StainDiscriminator(embed_dim, hidden_dim, layers)
         self.temperature = temperature
         self.squash = squash
+        self.cosine = cosine
         self.lam = lam
         self.warmup_steps = warmup_steps
         self.normalize = normalize
@@ -82,7 +84,7 @@ class StainAdversary(nn.Module):
             l2 = functional_call(self.discriminator, weights, (s2,))
         else:
             l1, l2 = self.discriminator(s1), self.discriminator(s2)
-        affinity = affinity_matrix(l1, l2, self.temperature, self.squash)
+        affinity = affinity_matrix(l1, l2, self.temperature, self.squash, self.cosine)
         return masked_means(affinity, relation_matrix(source_ids))
 
     def discriminator_loss(self, s1: torch.Tensor, s2: torch.Tensor, source_ids: torch.Tensor) -> tuple[torch.Tensor, Stats]:

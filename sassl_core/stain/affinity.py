@@ -32,13 +32,21 @@ def relation_matrix(source_ids: torch.Tensor) -> torch.Tensor:
     return (source_ids[:, None] == source_ids[None, :]).float()
 
 
-def affinity_matrix(l1: torch.Tensor, l2: torch.Tensor, temperature: float = 1.0, squash: bool = True) -> torch.Tensor:
+def affinity_matrix(
+    l1: torch.Tensor, l2: torch.Tensor, temperature: float = 1.0, squash: bool = True, cosine: bool = False
+) -> torch.Tensor:
     """``sigmoid(l1 l2^T / temperature)`` (or the raw ``l1 l2^T / temperature`` when not squashed).
+
+    ``cosine`` compares unit-length rows of ``l1``, ``l2``: the logits then stay within
+    ``±1 / temperature``, so no player can push the sigmoid into saturation, where both players'
+    gradients vanish.
 
     >>> affinity_matrix(torch.zeros(2, 3), torch.ones(2, 3))
     tensor([[0.5000, 0.5000],
             [0.5000, 0.5000]])
     """
+    if cosine:
+        l1, l2 = torch.nn.functional.normalize(l1, dim=1), torch.nn.functional.normalize(l2, dim=1)
     logits = l1 @ l2.T / temperature
     return torch.sigmoid(logits) if squash else logits
 

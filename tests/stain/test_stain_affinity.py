@@ -38,6 +38,18 @@ def test_affinity_is_sigmoid_of_scaled_products_or_raw():
     torch.testing.assert_close(affinity_matrix(l1, l2, temperature=2.0), torch.sigmoid(raw / 2))
 
 
+def test_cosine_affinity_cannot_saturate_and_ignores_scale():
+    gen = torch.Generator().manual_seed(0)
+    l1, l2 = torch.randn(5, 4, generator=gen), torch.randn(5, 4, generator=gen)
+    huge = affinity_matrix(1e4 * l1, 1e4 * l2, temperature=0.5, cosine=True)
+    torch.testing.assert_close(huge, affinity_matrix(l1, l2, temperature=0.5, cosine=True))
+    bound = torch.sigmoid(torch.tensor(2.0))  # |cos| <= 1, temperature 0.5
+    assert (huge <= bound + 1e-6).all() and (huge >= 1 - bound - 1e-6).all()
+    assert affinity_matrix(1e4 * l1, 1e4 * l2).max() > 0.999  # the plain product saturates
+    aligned = affinity_matrix(l1, l1, temperature=0.5, cosine=True).diagonal()
+    torch.testing.assert_close(aligned, torch.full((5,), float(bound)))
+
+
 def test_masked_means_by_hand():
     a = torch.tensor([[0.9, 0.1, 0.5], [0.3, 0.8, 0.2], [0.6, 0.4, 0.7]])
     r = relation_matrix(torch.tensor([0, 0, 1]))
