@@ -59,6 +59,8 @@ class SasslConfig(Section):
     temperature: float = Field(1.0, gt=0)
     squash: bool = True  # A = sigmoid(l1 l2ᵀ / τ) instead of the raw product (DESIGN.md §1)
     cosine: bool = False  # compare unit-length D outputs: affinities cannot saturate (|logit| <= 1/τ)
+    # G's adversarial term: every affinity high (paper Eq. 5), or D's own loss maximised
+    generator: Literal["affinity", "confusion"] = "affinity"
     normalize: bool = True  # D reads unit-length S1, S2 (else G can inflate every affinity by scaling S)
     lam: float = Field(1.0, ge=0)  # λ weighting the adversarial term in L_G
     warmup_steps: int = Field(0, ge=0)  # λ ramps linearly from 0 over these steps

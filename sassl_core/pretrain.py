@@ -107,6 +107,7 @@ def build_pretrain_program(cfg: RunConfig, plugins: PluginSet, rt: Runtime, sour
             temperature=s.temperature,
             squash=s.squash,
             cosine=s.cosine,
+            generator=s.generator,
             normalize=s.normalize,
             lam=s.lam,
             warmup_steps=s.warmup_steps,

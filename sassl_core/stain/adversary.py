@@ -51,6 +51,7 @@ class StainAdversary(nn.Module):
         temperature: float = 1.0,
         squash: bool = True,
         cosine: bool = False,
+        generator: str = "affinity",
         lam: float = 1.0,
         warmup_steps: int = 0,
         normalize: bool = True,
@@ -60,6 +61,7 @@ class StainAdversary(nn.Module):
         self.temperature = temperature
         self.squash = squash
         self.cosine = cosine
+        self.generator = generator
         self.lam = lam
         self.warmup_steps = warmup_steps
         self.normalize = normalize
@@ -96,12 +98,19 @@ class StainAdversary(nn.Module):
     def generator_term(
         self, s1: torch.Tensor, s2: torch.Tensor, source_ids: torch.Tensor, step: int
     ) -> tuple[torch.Tensor, Stats]:
-        """``-lam(step) * (a_same + a_diff)``, to add to ``L_ssl`` (paper Eq. 5).
+        """The adversarial term to add to ``L_ssl``, weighted by ``lam(step)``:
+
+        * ``generator='affinity'``: ``-lam * (a_same + a_diff)``, every affinity high (paper Eq. 5);
+        * ``generator='confusion'``: ``lam * (a_same - a_diff) = -lam * L_D``, G maximises D's own
+          loss (the minimax of Eq. 4 read literally).
 
         Gradients flow through D into the embeddings; D's parameters receive none.
         """
         a_same, a_diff = self.affinity_means(s1, s2, source_ids, frozen=True)
-        term = -self.lam_at(step) * (a_same + a_diff)
+        if self.generator == "confusion":
+            term = self.lam_at(step) * (a_same - a_diff)
+        else:
+            term = -self.lam_at(step) * (a_same + a_diff)
         return term, _stats(a_same, a_diff)
 
 

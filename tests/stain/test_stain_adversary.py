@@ -120,3 +120,16 @@ def test_discriminator_reads_unit_embeddings_unless_told_otherwise():
     _, raw = adversary(normalize=False).discriminator_loss(s1, s2, SOURCES)
     _, raw_inflated = adversary(normalize=False).discriminator_loss(10 * s1, 10 * s2, SOURCES)
     assert float(raw_inflated["a_same"]) != pytest.approx(float(raw["a_same"]))
+
+
+def test_confusion_generator_step_narrows_the_gap_d_found():
+    adv = adversary(generator="confusion", cosine=True)
+    s1, s2 = (s.requires_grad_(True) for s in embeddings())
+    optimizer = torch.optim.SGD([s1, s2], lr=0.5)
+    term, before = adv.generator_term(s1, s2, SOURCES, step=0)
+    assert term.item() == pytest.approx(float(before["a_same"] - before["a_diff"]), rel=1e-6)  # = -L_D
+    optimizer.zero_grad()
+    term.backward()
+    optimizer.step()
+    _, after = adv.generator_term(s1, s2, SOURCES, step=0)
+    assert float(after["a_same"] - after["a_diff"]) < float(before["a_same"] - before["a_diff"])
