@@ -38,9 +38,9 @@ class StainAdversary(nn.Module):
     """The stain discriminator together with its two adversarial losses.
 
     ``lam`` weighs the generator term; it rises linearly from 0 to ``lam`` over the first
-    ``warmup_steps`` optimiser steps (none when 0). ``temperature`` and ``squash`` shape the
-    affinity matrix (:func:`sassl_core.stain.affinity.affinity_matrix`); ``normalize`` feeds D
-    unit-length embeddings.
+    ``warmup_steps`` optimiser steps (none when 0). ``temperature``, ``squash`` and ``cosine``
+    shape the affinity matrix (:func:`sassl_core.stain.affinity.affinity_matrix`); ``normalize``
+    feeds D unit-length embeddings; ``generator`` picks G's term (:meth:`generator_term`).
     """
 
     def __init__(
