@@ -180,7 +180,8 @@ def probe(cfg: RunConfig, plugins: PluginSet | None = None) -> RunResult:
                 f"'{cfg.data.dataset}' has {len(centres)} centre(s) and {len(slides)} slide(s)"
             )
         result["encoder"] = str(encoder)
-        atomic_write(run_dir / "centre_probe.json", lambda tmp: Path(tmp).write_text(json.dumps(result, indent=2) + "\n"))
+        if rt.is_main:
+            atomic_write(run_dir / "centre_probe.json", lambda tmp: Path(tmp).write_text(json.dumps(result, indent=2) + "\n"))
         return RunResult(run_dir, {"task": "centre_probe", "metrics": result}, encoder)
 
 
