@@ -34,6 +34,10 @@ PLAIN_IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
 # Whole-slide formats that only OpenSlide reads: when it does not recognise such a file, the
 # file is damaged (a cut-off download), not of another format.
 SLIDE_ONLY_SUFFIXES = {".svs", ".ndpi", ".vms", ".vmu", ".scn", ".mrxs", ".svslide", ".bif"}
+# A thumbnail is built from blocks of at most this many pixels a side when the slide has no level
+# small enough to read whole: OpenSlide's get_thumbnail reads the whole level in one go, 40 GB
+# of RGBA for a 100k x 100k slide stored without a pyramid.
+THUMBNAIL_BLOCK = 4096
 
 
 class SlideReader(ABC):
@@ -111,11 +115,29 @@ class OpenSlideReader(SlideReader):
         return _flatten_rgba(np.asarray(region), fill)
 
     def thumbnail(self, max_side):
+        level = self._slide.get_best_level_for_downsample(max(self.dimensions) / max_side)
+        if max(self.level_dimensions[level]) > THUMBNAIL_BLOCK:
+            return self._thumbnail_by_blocks(level, max_side)
         try:
             image = self._slide.get_thumbnail((max_side, max_side))
         except openslide.OpenSlideError as err:  # a corrupt tile of the level it is read from
             raise UserError(f"{self.path}: unreadable slide thumbnail ({err})") from None
         return np.asarray(image.convert("RGB"))
+
+    def _thumbnail_by_blocks(self, level: int, max_side: int) -> np.ndarray:
+        """The thumbnail of ``level`` read and shrunk one ``THUMBNAIL_BLOCK`` square at a time,
+        so memory stays bounded whatever the level's size."""
+        (w, h), down = self.level_dimensions[level], self.level_downsamples[level]
+        scale = max(w, h) / max_side  # level pixels per thumbnail pixel
+        out = np.empty((max(1, round(h / scale)), max(1, round(w / scale)), 3), np.uint8)
+        for y in range(0, h, THUMBNAIL_BLOCK):
+            for x in range(0, w, THUMBNAIL_BLOCK):
+                block = self.read(x * down, y * down, level, THUMBNAIL_BLOCK)[: h - y, : w - x]
+                x0, x1 = round(x / scale), round(min(x + THUMBNAIL_BLOCK, w) / scale)
+                y0, y1 = round(y / scale), round(min(y + THUMBNAIL_BLOCK, h) / scale)
+                if x1 > x0 and y1 > y0:
+                    out[y0:y1, x0:x1] = np.asarray(Image.fromarray(block).resize((x1 - x0, y1 - y0), Image.Resampling.BOX))
+        return out
 
     def close(self):
         self._slide.close()

@@ -6,7 +6,8 @@ import tifffile
 from PIL import Image
 
 from sassl_core.errors import UserError
-from sassl_core.wsi.reader import get_reader, open_slide
+from sassl_core.wsi.reader import get_reader, open_slide, write_pyramid_tiff
+from tests.wsi.conftest import SLIDE_MPP
 
 
 def test_pyramidal_tiff_opens_through_openslide(blob_slide):
@@ -136,3 +137,21 @@ def test_get_reader_per_process_and_least_recently_used(tmp_path, blob_slide, mo
     assert get_reader(tmp_path / "a.png") is a and a.mpp == 0.5  # a is now the most recent
     get_reader(tmp_path / "c.png")  # evicts b
     assert [Path(p).name for _, p in reader_module._READERS] == ["a.png", "c.png"]
+
+
+def test_thumbnail_of_a_slide_without_pyramid_is_built_from_bounded_reads(blob_slide, tmp_path, monkeypatch):
+    """A single-level slide: OpenSlide's own thumbnail would read the whole level at once."""
+    from sassl_core.wsi import reader as reader_module
+
+    flat = write_pyramid_tiff(tmp_path / "flat.tiff", blob_slide.image, SLIDE_MPP, levels=1)
+    with open_slide(flat) as reader:
+        assert reader.level_count == 1
+        whole = reader.thumbnail(128)  # 1024 x 768 is under the default block: OpenSlide's path
+        monkeypatch.setattr(reader_module, "THUMBNAIL_BLOCK", 300)
+        sizes = []
+        real_read = reader.read
+        monkeypatch.setattr(reader, "read", lambda *args: sizes.append(args[3]) or real_read(*args))
+        blocks = reader.thumbnail(128)
+    assert blocks.shape == whole.shape == (96, 128, 3)
+    assert len(sizes) == 4 * 3 and set(sizes) == {300}  # 1024 x 768 in 300-pixel squares
+    assert np.abs(blocks.astype(int) - whole).mean() < 3
