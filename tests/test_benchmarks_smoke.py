@@ -123,3 +123,17 @@ def test_suite_table_and_output_paths(tmp_path, monkeypatch):
     monkeypatch.setenv("OUT", str(tmp_path))
     assert gpu_suite.output_paths(None) == (tmp_path / "gpu_suite.json", tmp_path / "gpu_suite.txt")
     assert gpu_suite.output_paths(str(tmp_path / "x.json"))[1] == tmp_path / "x.txt"
+
+
+def test_thumbnail_memory_benchmark_compares_both_paths():
+    proc = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "thumbnail_memory.py"), "--side", "1024", "--max-side", "128", "--block", "256"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = {line.split()[0]: line for line in proc.stdout.splitlines() if line.startswith(("openslide", "blocks"))}
+    assert set(rows) == {"openslide", "blocks"}
+    assert all("thumbnail (128, 128, 3)" in line for line in rows.values())
+    means = [float(line.rsplit("mean", 1)[1]) for line in rows.values()]
+    assert abs(means[0] - means[1]) < 2  # the same picture both ways
+    assert "single-level slide: blocks/openslide peak growth" in proc.stdout
