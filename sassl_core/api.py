@@ -136,11 +136,15 @@ def _evaluate_model(cfg, model, prepared, rt, run_dir) -> dict:
     return metrics
 
 
+def _pretrained_encoder(cfg: RunConfig, run_dir: Path) -> Path | None:
+    """``finetune.pretrained``, else the encoder already in the run folder, else None."""
+    return resolve_pretrained(cfg.finetune.pretrained or (run_dir if (run_dir / ENCODER_FILE).exists() else None))
+
+
 def finetune(cfg: RunConfig, plugins: PluginSet | None = None) -> RunResult:
     """Stage 2 from ``finetune.pretrained`` (or this run folder's encoder), then evaluation."""
     with _stage(cfg, plugins, "finetune") as (plugins, rt, run_dir, prepared):
-        pretrained = resolve_pretrained(cfg.finetune.pretrained or (run_dir if (run_dir / ENCODER_FILE).exists() else None))
-        return _finetune_and_evaluate(cfg, plugins, rt, run_dir, prepared, pretrained)
+        return _finetune_and_evaluate(cfg, plugins, rt, run_dir, prepared, _pretrained_encoder(cfg, run_dir))
 
 
 def _load_finetuned(cfg: RunConfig, plugins: PluginSet, prepared: PreparedData, rt: Runtime, run_dir: Path):
@@ -168,7 +172,7 @@ def probe(cfg: RunConfig, plugins: PluginSet | None = None) -> RunResult:
     ``finetune.pretrained`` (or in ``output.dir``): writes ``centre_probe.json``
     (:mod:`sassl_core.stain_probe`)."""
     with _stage(cfg, plugins, "probe") as (plugins, rt, run_dir, prepared):
-        encoder = resolve_pretrained(cfg.finetune.pretrained or (run_dir if (run_dir / ENCODER_FILE).exists() else None))
+        encoder = _pretrained_encoder(cfg, run_dir)
         if encoder is None:
             raise UserError(f"finetune.pretrained: expected the encoder to probe (--pretrained RUN), or an --out folder holding {ENCODER_FILE}")
         result = centre_probe(cfg, plugins, prepared.patches, encoder, rt)

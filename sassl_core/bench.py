@@ -177,8 +177,8 @@ def run_arm(cfg: RunConfig, plugins: PluginSet, keep_checkpoints: bool) -> dict:
         "config": cfg.model_dump(mode="json"),
     }
     prepared, rt = prepare_dataset(cfg, plugins), init_runtime(cfg.trainer.device)
-    encoder = result.run_dir / "encoder.safetensors"
-    record["centre_probe"] = centre_probe(cfg, plugins, prepared.patches, encoder, rt) if encoder.is_file() else None
+    encoder = result.encoder_path  # None when the arm does not pretrain
+    record["centre_probe"] = centre_probe(cfg, plugins, prepared.patches, encoder, rt) if encoder else None
     in_domain = evaluate_in_domain(cfg, plugins, prepared, result.run_dir, rt)
     if in_domain is not None:
         metrics, by_centre = in_domain

@@ -75,6 +75,11 @@ def patch_dataset(cfg: RunConfig, table: PatchTable, with_masks: bool, quiet: bo
     return PatchDataset(table, PatchCache.open_or_build(table, path, with_masks=with_masks), with_masks=with_masks)
 
 
+def sequential_batches(n: int, batch_size: int) -> list[list[int]]:
+    """Rows ``0 .. n-1`` in order, cut into batches (the last may be short): for inference."""
+    return [list(range(i, min(i + batch_size, n))) for i in range(0, n, batch_size)]
+
+
 def shuffled_batches(n: int, batch_size: int, seed: int, rank: int = 0, world: int = 1) -> Iterator[list[int]]:
     """Endless epochs of a seeded permutation, cut into global batches; each rank takes its share."""
     if batch_size > n:

@@ -11,7 +11,7 @@ import torch
 
 from sassl_core.checkpoint import atomic_write
 from sassl_core.config import RunConfig
-from sassl_core.data import patch_dataset, to_device
+from sassl_core.data import patch_dataset, sequential_batches, to_device
 from sassl_core.errors import UserError
 from sassl_core.finetune import TARGET_COLUMN, DownstreamModel, labelled
 from sassl_core.metrics import aggregate_by_slide
@@ -44,7 +44,7 @@ def predict(cfg: RunConfig, model: DownstreamModel, prepared: PreparedData, rt: 
     if len(table) == 0:
         raise UserError(f"no labelled '{split}' patches for task '{cfg.task.name}'")
     dataset = patch_dataset(cfg, table, with_masks=kind == "mask", quiet=True)
-    order = [list(range(i, min(i + cfg.finetune.batch_size, len(table)))) for i in range(0, len(table), cfg.finetune.batch_size)]
+    order = sequential_batches(len(table), cfg.finetune.batch_size)
     model.eval()
     preds, targets, images = [], [], []
     for batch in make_loader(dataset, batch_sampler=order, num_workers=cfg.data.num_workers):

@@ -23,6 +23,7 @@ from sassl_core.errors import UserError
 from sassl_core.optim import build_optimizer, warmup_cosine
 from sassl_core.plugins import PluginSet
 from sassl_core.runtime import Runtime, autocast, prepare_model
+from sassl_core.stain.color import as_float_images
 from sassl_core.stain_norm import build_stain_norm
 from sassl_core.tasks import TaskHead
 from sassl_core.trainer import Phase, Program, Trainer
@@ -46,8 +47,7 @@ class DownstreamModel(nn.Module):
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
 
     def prepare(self, images: torch.Tensor) -> torch.Tensor:
-        x = images.permute(0, 3, 1, 2).float().div_(255)
-        return (x - self.mean) / self.std
+        return (as_float_images(images) - self.mean) / self.std
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.head(self.encoder(self.prepare(images)), self.image_size)

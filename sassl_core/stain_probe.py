@@ -20,9 +20,10 @@ from torch import nn
 from sassl_core.augment import ViewOptions
 from sassl_core.backbone import create_backbone
 from sassl_core.config import RunConfig
-from sassl_core.data import patch_dataset, to_device
+from sassl_core.data import patch_dataset, sequential_batches, to_device
 from sassl_core.plugins import PluginSet
 from sassl_core.runtime import Runtime, autocast
+from sassl_core.stain.color import as_float_images
 from sassl_core.stain_norm import build_stain_norm
 from sassl_core.transfer import load_encoder_state
 from sassl_core.wsi.dataset import make_loader
@@ -50,13 +51,11 @@ def embed_patches(cfg: RunConfig, plugins: PluginSet, encoder: nn.Module, table:
     normalise = build_stain_norm(cfg, plugins, rt.device)
     mean, std = (torch.tensor(v, device=rt.device).view(1, 3, 1, 1) for v in ViewOptions.model_validate(cfg.ssl.views).input_stats())
     dataset = patch_dataset(cfg, table, with_masks=False, quiet=True)
-    size = cfg.finetune.batch_size
-    order = [list(range(i, min(i + size, len(table)))) for i in range(0, len(table), size)]
     encoder.eval()
     features = []
+    order = sequential_batches(len(table), cfg.finetune.batch_size)
     for batch in make_loader(dataset, batch_sampler=order, num_workers=cfg.data.num_workers):
-        images = normalise(to_device(batch, rt.device)["image"])
-        x = (images.permute(0, 3, 1, 2).float().div_(255) - mean) / std
+        x = (as_float_images(normalise(to_device(batch, rt.device)["image"])) - mean) / std
         with autocast(rt.device, cfg.trainer.amp):
             features.append(encoder(x).float())
     return torch.cat(features)

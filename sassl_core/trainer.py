@@ -25,7 +25,7 @@ from torch import nn
 from sassl_core.checkpoint import atomic_write, load_checkpoint, remove_stale_temporaries, save_checkpoint
 from sassl_core.config import OutputConfig, TrainerConfig
 from sassl_core.errors import SasslError, UserError
-from sassl_core.grad_sync import average_gradients
+from sassl_core.grad_sync import average_gradients, optimizer_gradients
 from sassl_core.runtime import Runtime, rng_state, set_rng_state
 
 
@@ -55,7 +55,7 @@ class Program:
 def finite_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> bool:
     """Whether ``loss`` and every gradient ``optimizer`` would apply are finite: one reduction,
     the step's only wait for the device before the optimiser steps."""
-    grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+    grads = optimizer_gradients(optimizer)
     return bool(torch.isfinite(torch.nn.utils.get_total_norm([loss.detach().float().reshape(1), *grads])))
 
 
