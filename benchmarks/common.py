@@ -4,7 +4,7 @@ step that every "raw ceiling" is measured with, the real pretraining step, and J
 Timing: warm-up calls first (cuDNN autotuning, ``torch.compile``, allocator growth stay out of
 the figures), then each repeat is timed alone between two device synchronisations and the
 median is reported. Image rates count both views of every patch (``2 × batch`` images per
-step), as the figures of DESIGN.md §4 do.
+step).
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -89,8 +89,13 @@ class Timing:
         return out
 
 
-def measure(fn: Callable[[], object], device: torch.device, warmup: int = 2, repeats: int = 5,
-            clock: Callable[[], float] = time.perf_counter) -> Timing:
+def measure(
+    fn: Callable[[], object],
+    device: torch.device,
+    warmup: int = 2,
+    repeats: int = 5,
+    clock: Callable[[], float] = time.perf_counter,
+) -> Timing:
     """Median time of ``fn()`` over ``repeats`` calls after ``warmup`` calls (wall time unless
     ``clock`` says otherwise, e.g. ``time.process_time``: see :func:`measure_interleaved`).
 
@@ -113,8 +118,13 @@ def measure(fn: Callable[[], object], device: torch.device, warmup: int = 2, rep
     return Timing(statistics.median(times), times, peak_memory_gib(device), warmup_s)
 
 
-def measure_interleaved(fns: dict[str, Callable[[], object]], device: torch.device, warmup: int = 2,
-                        repeats: int = 5, clock: Callable[[], float] = time.perf_counter) -> dict[str, Timing]:
+def measure_interleaved(
+    fns: dict[str, Callable[[], object]],
+    device: torch.device,
+    warmup: int = 2,
+    repeats: int = 5,
+    clock: Callable[[], float] = time.perf_counter,
+) -> dict[str, Timing]:
     """:func:`measure` for several callables at once, one call of each per round, so that load
     from other processes (a shared CPU) falls on all of them alike. No peak memory: every
     callable's tensors are alive together. On a busy CPU, ``clock=time.process_time`` (the CPU
@@ -135,7 +145,9 @@ def measure_interleaved(fns: dict[str, Callable[[], object]], device: torch.devi
     return {name: Timing(statistics.median(t), t, None, warmup_s[name]) for name, t in times.items()}
 
 
-def measure_throughput(fn: Callable[[], int], device: torch.device, warmup: int = 3, steps: int = 10) -> tuple[float, float]:
+def measure_throughput(
+    fn: Callable[[], int], device: torch.device, warmup: int = 3, steps: int = 10
+) -> tuple[float, float]:
     """(items per second, mean seconds per call) over ``steps`` back-to-back calls of ``fn``
     (each returns its item count). No synchronisation between calls, so a data pipeline that
     cannot keep up shows as a lower rate."""
@@ -179,8 +191,15 @@ class RawSimSiam(nn.Module):
     of backbone and projector run on both views (the extra forward of MoCo and BYOL), which the
     loss then regresses instead of the stopped-gradient online projection."""
 
-    def __init__(self, backbone: str, image_size: int, proj_dim: int = 256, proj_hidden: int = 512,
-                 pred_hidden: int = 128, momentum: bool = False) -> None:
+    def __init__(
+        self,
+        backbone: str,
+        image_size: int,
+        proj_dim: int = 256,
+        proj_hidden: int = 512,
+        pred_hidden: int = 128,
+        momentum: bool = False,
+    ) -> None:
         super().__init__()
         import timm
 
@@ -281,8 +300,12 @@ def pretrain_config(s: StepSettings, method: str = "simsiam", sassl: bool = True
             "backbone": {"name": f"timm:{s.backbone}"},  # the very timm model the raw step builds
             "ssl": {"method": method},
             "sassl": {"enabled": sassl},
-            "pretrain": {"batch_size": s.batch, "sources_per_batch": sources_per_batch,
-                         "steps": 10**6, "optim": {"name": "sgd", "lr": 1e-3}},
+            "pretrain": {
+                "batch_size": s.batch,
+                "sources_per_batch": sources_per_batch,
+                "steps": 10**6,
+                "optim": {"name": "sgd", "lr": 1e-3},
+            },
             "trainer": {"device": s.device, "amp": s.amp, "compile": s.compile, "channels_last": s.channels_last},
             "output": {"quiet": True, "tensorboard": False},
         }
@@ -333,21 +356,24 @@ class RealStep:
 
 def real_step(cfg, plugins, source_of: torch.Tensor, stream, grad_checkpointing: bool = False) -> RealStep:
     """A :class:`RealStep` for ``cfg`` reading batches from the iterator ``stream``."""
-    from sassl_core.pretrain import build_pretrain_program
-    from sassl_core.runtime import Runtime
-    from sassl_core.trainer import Trainer
+    from sassl_core.train.pretrain import build_pretrain_program
+    from sassl_core.train.runtime import Runtime
+    from sassl_core.train.trainer import Trainer
 
     rt = Runtime(torch.device(cfg.trainer.device))
     program, model = build_pretrain_program(cfg, plugins, rt, source_of)
     if grad_checkpointing:
         model.encoder.set_grad_checkpointing(True)
     # train_step writes nothing; the run folder only names where checkpoints would go
-    trainer = Trainer("pretrain", Path(tempfile.gettempdir()) / "sassl-benchmark", cfg.trainer, cfg.output, rt, cfg.pretrain.steps)
+    trainer = Trainer(
+        "pretrain", Path(tempfile.gettempdir()) / "sassl-benchmark", cfg.trainer, cfg.output, rt, cfg.pretrain.steps
+    )
     return RealStep(program, model, trainer, stream, 2 * cfg.pretrain.batch_size)
 
 
-def real_step_on_device(s: StepSettings, plugins, method: str = "simsiam", sassl: bool = True,
-                        sources_per_batch: int = 4) -> RealStep:
+def real_step_on_device(
+    s: StepSettings, plugins, method: str = "simsiam", sassl: bool = True, sources_per_batch: int = 4
+) -> RealStep:
     """A real step fed random uint8 patches already on the device (no data loading)."""
     cfg = pretrain_config(s, method, sassl, sources_per_batch)
     source_of = balanced_sources(s.batch, sources_per_batch, s.torch_device)
@@ -371,8 +397,12 @@ def environment(device: torch.device) -> dict:
     }
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
-        env.update(gpu=props.name, gpu_memory_gib=round(props.total_memory / 2**30, 1),
-                   cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version())
+        env.update(
+            gpu=props.name,
+            gpu_memory_gib=round(props.total_memory / 2**30, 1),
+            cuda=torch.version.cuda,
+            cudnn=torch.backends.cudnn.version(),
+        )
     return env
 
 
@@ -396,9 +426,16 @@ def synthetic_patch_cache(folder: Path, sources: int, per_source: int, patch_siz
 
     n = sources * per_source
     rows = [
-        {"slide": f"synthetic/slide{i // per_source}.tiff", "x": (i % per_source) * patch_size, "y": 0, "level": 0,
-         "read_size": patch_size, "source": f"slide{i // per_source}", "slide_id": f"slide{i // per_source}",
-         "split": "train"}
+        {
+            "slide": f"synthetic/slide{i // per_source}.tiff",
+            "x": (i % per_source) * patch_size,
+            "y": 0,
+            "level": 0,
+            "read_size": patch_size,
+            "source": f"slide{i // per_source}",
+            "slide_id": f"slide{i // per_source}",
+            "split": "train",
+        }
         for i in range(n)
     ]
     table = PatchTable.from_rows(rows, patch_size)
@@ -410,19 +447,25 @@ def synthetic_patch_cache(folder: Path, sources: int, per_source: int, patch_siz
         images[start : start + 256] = rng.integers(0, 256, images[start : start + 256].shape, dtype=np.uint8)
     images.flush()
     del images
-    header = {"format": FORMAT, "count": n, "patch_size": patch_size, "with_masks": False,
-              "fingerprint": table_fingerprint(table)}
+    header = {
+        "format": FORMAT,
+        "count": n,
+        "patch_size": patch_size,
+        "with_masks": False,
+        "fingerprint": table_fingerprint(table),
+    }
     (folder / "header.json").write_text(json.dumps(header))
     return table, PatchCache.open(folder, table)
 
 
-def cache_step(s: StepSettings, plugins, table, cache, workers: int, method: str = "simsiam",
-               sources_per_batch: int = 4) -> RealStep:
+def cache_step(
+    s: StepSettings, plugins, table, cache, workers: int, method: str = "simsiam", sources_per_batch: int = 4
+) -> RealStep:
     """A real step (adversary on) fed as ``pretrain`` feeds it: slide-balanced batches of the
     patch cache through the DataLoader (``workers`` processes, pinned memory), views on the device."""
-    from sassl_core.data import batch_stream, source_ids
-    from sassl_core.pretrain import balanced_sampler
-    from sassl_core.runtime import Runtime
+    from sassl_core.train.data import batch_stream, source_ids
+    from sassl_core.train.pretrain import balanced_sampler
+    from sassl_core.train.runtime import Runtime
     from sassl_core.wsi.dataset import PatchDataset
 
     cfg = pretrain_config(s, method, sassl=True, sources_per_batch=sources_per_batch)

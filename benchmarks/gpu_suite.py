@@ -36,14 +36,14 @@ import tempfile
 import time
 import traceback
 import types
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch import nn
 
-from sassl_core.grad_sync import gradient_buckets
+from sassl_core.train.grad_sync import gradient_buckets
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
@@ -72,13 +72,27 @@ class Plan:
 
 GPU_PLAN = Plan(
     step=StepSettings(backbone="resnet50", image_size=224, batch=256, device="cuda", amp=True, channels_last=True),
-    sources=32, hires_size=512, hires_probes=(16, 48), cache_sources=64, cache_per_source=48,
-    workers=min(8, max(1, (os.cpu_count() or 2) - 2)), warmup=3, repeats=6, e2e_steps=20,
+    sources=32,
+    hires_size=512,
+    hires_probes=(16, 48),
+    cache_sources=64,
+    cache_per_source=48,
+    workers=min(8, max(1, (os.cpu_count() or 2) - 2)),
+    warmup=3,
+    repeats=6,
+    e2e_steps=20,
 )
 SMOKE_PLAN = Plan(
     step=StepSettings(backbone="test_resnet", image_size=32, batch=8, device="cpu", amp=False, channels_last=True),
-    sources=2, hires_size=48, hires_probes=(4, 8), cache_sources=4, cache_per_source=8,
-    workers=1, warmup=1, repeats=1, e2e_steps=2,
+    sources=2,
+    hires_size=48,
+    hires_probes=(4, 8),
+    cache_sources=4,
+    cache_per_source=8,
+    workers=1,
+    warmup=1,
+    repeats=1,
+    e2e_steps=2,
 )
 
 
@@ -120,8 +134,13 @@ class Suite:
     def elapsed_s(self) -> float:
         return time.perf_counter() - self.start
 
-    def time_case(self, build: Callable[[], Callable[[], object]], images: int, warmup: int | None = None,
-                  repeats: int | None = None) -> dict:
+    def time_case(
+        self,
+        build: Callable[[], Callable[[], object]],
+        images: int,
+        warmup: int | None = None,
+        repeats: int | None = None,
+    ) -> dict:
         """Build a step, time it alone, free it; img/s counts ``images`` per step."""
         common.release(self.device)
         step = build()
@@ -171,7 +190,9 @@ def section_e2e(suite: Suite) -> dict:
     plan, s = suite.plan, suite.plan.step
     with tempfile.TemporaryDirectory(prefix="sassl-cache-") as folder:
         start = time.perf_counter()
-        table, cache = common.synthetic_patch_cache(Path(folder), plan.cache_sources, plan.cache_per_source, s.image_size)
+        table, cache = common.synthetic_patch_cache(
+            Path(folder), plan.cache_sources, plan.cache_per_source, s.image_size
+        )
         write_s = time.perf_counter() - start
         step = common.cache_step(s, suite.plugins, table, cache, plan.workers, sources_per_batch=plan.sources)
         rate, per_step = common.measure_throughput(step, suite.device, warmup=plan.warmup, steps=plan.e2e_steps)
@@ -179,9 +200,14 @@ def section_e2e(suite: Suite) -> dict:
     common.release(suite.device)
     raw = suite.results.get("step", {}).get("cases", {}).get("raw", {}).get("img_per_s")
     return {
-        "patches_in_cache": len(table), "cache_write_s": round(write_s, 2), "workers": plan.workers,
-        "steps": plan.e2e_steps, "img_per_s": round(rate, 2), "s_per_step": round(per_step, 4),
-        "raw_img_per_s": raw, "ratio_e2e_over_raw": _ratio(rate, raw),
+        "patches_in_cache": len(table),
+        "cache_write_s": round(write_s, 2),
+        "workers": plan.workers,
+        "steps": plan.e2e_steps,
+        "img_per_s": round(rate, 2),
+        "s_per_step": round(per_step, 4),
+        "raw_img_per_s": raw,
+        "ratio_e2e_over_raw": _ratio(rate, raw),
     }
 
 
@@ -192,8 +218,12 @@ def largest_batch(suite: Suite, s: StepSettings, probes: tuple[int, int]) -> tup
     peaks = {}
     for batch in probes:
         sb = replace(s, batch=batch)
-        peaks[batch] = suite.time_case(lambda: common.real_step_on_device(sb, suite.plugins, "simsiam", True, min(k, batch // 2)),
-                                       sb.images_per_step, warmup=1, repeats=1)["peak_gib"]
+        peaks[batch] = suite.time_case(
+            lambda: common.real_step_on_device(sb, suite.plugins, "simsiam", True, min(k, batch // 2)),
+            sb.images_per_step,
+            warmup=1,
+            repeats=1,
+        )["peak_gib"]
     if suite.device.type != "cuda":  # no device memory to fit: the larger probe stands in
         return probes[1], {"probe_peaks_gib": peaks}
     (b0, p0), (b1, p1) = peaks.items()
@@ -214,8 +244,12 @@ def section_hires(suite: Suite) -> dict:
         for _attempt in range(4):
             sb = replace(s, batch=batch)
             try:
-                real = suite.time_case(lambda: common.real_step_on_device(sb, suite.plugins, "simsiam", True, k),
-                                       sb.images_per_step, warmup=2, repeats=3)
+                real = suite.time_case(
+                    lambda: common.real_step_on_device(sb, suite.plugins, "simsiam", True, k),
+                    sb.images_per_step,
+                    warmup=2,
+                    repeats=3,
+                )
                 break
             except RuntimeError as err:
                 if not common.is_out_of_memory(err):
@@ -226,7 +260,11 @@ def section_hires(suite: Suite) -> dict:
             raise RuntimeError(f"no batch fits at {s.image_size} px (last tried {batch})")
         raw = suite.time_case(lambda: common.raw_step(sb), sb.images_per_step, warmup=2, repeats=3)
         out["checkpointing" if checkpointing else "plain"] = {
-            "image_size": s.image_size, "batch": batch, "memory_model": memory_model, "sassl": real, "raw": raw,
+            "image_size": s.image_size,
+            "batch": batch,
+            "memory_model": memory_model,
+            "sassl": real,
+            "raw": raw,
             "ratio_real_over_raw": _ratio(real["img_per_s"], raw["img_per_s"]),
         }
     return out
@@ -263,10 +301,16 @@ def section_gather(suite: Suite, gpus: int = 8, busbw_gbs: float = 350.0, latenc
     bucketed_s = sum(all_reduce(sum(p.numel() * p.element_size() for p in bucket)) for bucket in buckets)
     measured = suite.results.get("step", {}).get("cases", {}).get("sassl", {}).get("median_s")
     out = {
-        "gpus": n, "per_gpu_batch": b, "embed_dim": embed_dim, "assumed_busbw_gbs": busbw_gbs,
-        "assumed_latency_us": latency_us, "gathered_bytes_per_step": 2 * n * (2 * embed_bytes + id_bytes),
+        "gpus": n,
+        "per_gpu_batch": b,
+        "embed_dim": embed_dim,
+        "assumed_busbw_gbs": busbw_gbs,
+        "assumed_latency_us": latency_us,
+        "gathered_bytes_per_step": 2 * n * (2 * embed_bytes + id_bytes),
         "adversary_collectives_ms": round(adversary_s * 1e3, 3),
-        "grad_tensors": len(grads), "grad_buckets": len(buckets), "grad_bytes": grad_bytes,
+        "grad_tensors": len(grads),
+        "grad_buckets": len(buckets),
+        "grad_bytes": grad_bytes,
         "grad_allreduce_per_tensor_ms": round(per_tensor_s * 1e3, 3),
         "grad_allreduce_bucketed_ms": round(bucketed_s * 1e3, 3),
         "measured_step_s": measured,

@@ -58,9 +58,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--compile", action="store_true", help="torch.compile the model on both sides")
     parser.add_argument("--no-channels-last", dest="channels_last", action="store_false")
     parser.add_argument("--grad-checkpointing", action="store_true", help="activation checkpointing in the backbone")
-    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice; 1 is steadier on a busy CPU)")
-    parser.add_argument("--cpu-time", action="store_true",
-                        help="CPU only: time by this process's CPU time, not wall time (steadier on a busy machine)")
+    parser.add_argument(
+        "--threads", type=int, help="torch CPU threads (default: torch's choice; 1 is steadier on a busy CPU)"
+    )
+    parser.add_argument(
+        "--cpu-time",
+        action="store_true",
+        help="CPU only: time by this process's CPU time, not wall time (steadier on a busy machine)",
+    )
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--json", type=Path, metavar="OUT", help="write the figures to this JSON file")
@@ -69,8 +74,13 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def run(args: argparse.Namespace) -> dict:
     settings = StepSettings(
-        backbone=args.backbone, image_size=args.image_size, batch=args.batch, device=args.device,
-        amp=args.amp, channels_last=args.channels_last, compile=args.compile,
+        backbone=args.backbone,
+        image_size=args.image_size,
+        batch=args.batch,
+        device=args.device,
+        amp=args.amp,
+        channels_last=args.channels_last,
+        compile=args.compile,
         grad_checkpointing=args.grad_checkpointing,
     )
     device = settings.torch_device
@@ -83,8 +93,12 @@ def run(args: argparse.Namespace) -> dict:
     timings = {}
     cases = {
         "raw": lambda: raw_step(settings, momentum=args.method in MOMENTUM_METHODS),
-        "plain": lambda: real_step_on_device(settings, plugins, args.method, sassl=False, sources_per_batch=args.sources),
-        "sassl": lambda: real_step_on_device(settings, plugins, args.method, sassl=True, sources_per_batch=args.sources),
+        "plain": lambda: real_step_on_device(
+            settings, plugins, args.method, sassl=False, sources_per_batch=args.sources
+        ),
+        "sassl": lambda: real_step_on_device(
+            settings, plugins, args.method, sassl=True, sources_per_batch=args.sources
+        ),
     }
     if device.type == "cpu":  # a shared CPU: interleave the cases call by call
         steps = {name: build() for name, build in cases.items()}
@@ -100,8 +114,12 @@ def run(args: argparse.Namespace) -> dict:
     rates = {name: t.rate(images) for name, t in timings.items()}
     result = {
         "benchmark": "pretrain_step",
-        "settings": {**vars(settings), "method": args.method, "sources_per_batch": args.sources,
-                     "clock": "process_time" if args.cpu_time and device.type == "cpu" else "wall"},
+        "settings": {
+            **vars(settings),
+            "method": args.method,
+            "sources_per_batch": args.sources,
+            "clock": "process_time" if args.cpu_time and device.type == "cpu" else "wall",
+        },
         "environment": environment(device),
         "timings": {name: t.as_dict(images) for name, t in timings.items()},
         "ratio_sassl_over_plain": round(rates["sassl"] / rates["plain"], 4),

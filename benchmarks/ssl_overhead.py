@@ -18,9 +18,9 @@ import numpy as np
 import timm
 import torch
 
+from sassl_core.method.adversary import StainAdversary
+from sassl_core.method.sampler import SourceBalancedBatchSampler
 from sassl_core.plugins import default_plugins
-from sassl_core.sampler import SourceBalancedBatchSampler
-from sassl_core.stain.adversary import StainAdversary
 
 
 def timed(fn, steps: int, device: torch.device) -> float:

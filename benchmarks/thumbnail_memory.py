@@ -50,14 +50,26 @@ def write_flat_slide(path: Path, side: int) -> Path:
     tile[128:384, 128:384] = (190, 110, 170)  # a pink square on glass, repeated
     tiles = (tile for _ in range((side // 512) ** 2))  # tifffile takes tiles in row-major order
     with tifffile.TiffWriter(path, bigtiff=True) as tw:
-        tw.write(tiles, shape=(side, side, 3), dtype=np.uint8, tile=(512, 512),
-                 compression="jpeg", photometric="rgb", resolution=(4e4, 4e4), resolutionunit="CENTIMETER")
+        tw.write(
+            tiles,
+            shape=(side, side, 3),
+            dtype=np.uint8,
+            tile=(512, 512),
+            compression="jpeg",
+            photometric="rgb",
+            resolution=(4e4, 4e4),
+            resolutionunit="CENTIMETER",
+        )
     return path
 
 
 def measure(path: Path, max_side: int, mode: str, block: int) -> dict:
-    out = subprocess.run([sys.executable, "-c", MEASURE, str(path), str(max_side), mode, str(block)],
-                         capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", MEASURE, str(path), str(max_side), mode, str(block)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -71,11 +83,15 @@ def main() -> None:
         path = write_flat_slide(Path(tmp) / "flat.tiff", args.side)
         rows = {mode: measure(path, args.max_side, mode, args.block) for mode in ("openslide", "blocks")}
     for r in rows.values():
-        print(f"{r['mode']:10s} {r['seconds']:7.2f} s  peak {r['peak_mib']:8.1f} MiB (+{r['grown_mib']:.1f})  "
-              f"thumbnail {tuple(r['shape'])} mean {r['mean']:.1f}")
+        print(
+            f"{r['mode']:10s} {r['seconds']:7.2f} s  peak {r['peak_mib']:8.1f} MiB (+{r['grown_mib']:.1f})  "
+            f"thumbnail {tuple(r['shape'])} mean {r['mean']:.1f}"
+        )
     a, b = rows["openslide"], rows["blocks"]
-    print(f"{args.side} x {args.side} single-level slide: blocks/openslide peak growth "
-          f"{b['grown_mib'] / max(a['grown_mib'], 1e-9):.3f}, time {b['seconds'] / a['seconds']:.2f}x")
+    print(
+        f"{args.side} x {args.side} single-level slide: blocks/openslide peak growth "
+        f"{b['grown_mib'] / max(a['grown_mib'], 1e-9):.3f}, time {b['seconds'] / a['seconds']:.2f}x"
+    )
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@
                                            [--steps 5] [--device cpu|cuda]
 
 1. Hooks: the backbone's ``forward_features`` alone vs. the same call with the level hooks that
-   capture every feature level (``sassl_core.features.extract_levels``).
+   capture every feature level (``sassl_core.method.features.extract_levels``).
 2. Fine-tuning step (forward, backward, optimiser step of a classification head): "w/o RL"
    (``residual=False``, E_s alone) vs. the dual encoder (frozen E_g under no_grad + E_s with
    residual hooks + fusion, Eq. 7-9).
@@ -18,9 +18,10 @@ import time
 import timm
 import torch
 
-from sassl_core.features import extract_levels
-from sassl_core.transfer import build_dual_encoder
-from sassl_plugins.tasks.cls import ClassificationOptions, build as build_cls
+from sassl_core.method.features import extract_levels
+from sassl_core.method.transfer import build_dual_encoder
+from sassl_plugins.tasks.cls import ClassificationOptions
+from sassl_plugins.tasks.cls import build as build_cls
 
 
 def timed(fn, steps: int, device: torch.device) -> float:

@@ -29,7 +29,7 @@ import albumentations as A  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from sassl_core.augment import ViewGenerator, ViewOptions  # noqa: E402
+from sassl_core.train.views import ViewGenerator, ViewOptions  # noqa: E402
 
 
 def albumentations_pipeline(opt: ViewOptions, out: int) -> A.Compose:
@@ -47,7 +47,9 @@ def albumentations_pipeline(opt: ViewOptions, out: int) -> A.Compose:
                 augment_background=True,
                 p=opt.hed_p,
             ),
-            A.ColorJitter(brightness=opt.brightness, contrast=opt.contrast, saturation=opt.saturation, hue=(0, 0), p=opt.color_p),
+            A.ColorJitter(
+                brightness=opt.brightness, contrast=opt.contrast, saturation=opt.saturation, hue=(0, 0), p=opt.color_p
+            ),
             A.GaussianBlur(sigma_limit=opt.blur_sigma, blur_limit=0, p=opt.blur_p),
             A.Normalize(mean=opt.mean, std=opt.std),
         ]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from sassl_core.api import RunConfig, finetune, load_config, probe, run
+from sassl_core.app.api import RunConfig, finetune, load_config, probe, run
 
 QUICK_CPU = Path(__file__).parent / "configs" / "quick_cpu.yaml"
 

@@ -8,13 +8,40 @@ can be fed back with ``--config`` to repeat the run.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal, Mapping, Sequence
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 from sassl_core.errors import UserError
+
+Probability = Annotated[float, Field(ge=0.0, le=1.0)]
+
+
+def _ordered(bounds: tuple[float, float]) -> tuple[float, float]:
+    if bounds[0] > bounds[1]:
+        raise ValueError(f"expected (low, high) with low <= high, found {bounds}")
+    return bounds
+
+
+def _positive(bounds: tuple[float, float]) -> tuple[float, float]:
+    if bounds[0] <= 0:
+        raise ValueError(f"expected values > 0, found {bounds}")
+    return bounds
+
+
+def _non_negative(bounds: tuple[float, float]) -> tuple[float, float]:
+    if bounds[0] < 0:
+        raise ValueError(f"expected values >= 0, found {bounds}")
+    return bounds
+
+
+#: A ``(low, high)`` range to sample uniformly from; ``Factors`` >= 0, ``PositiveRange`` > 0.
+Range = Annotated[tuple[float, float], AfterValidator(_ordered)]
+Factors = Annotated[Range, AfterValidator(_non_negative)]
+PositiveRange = Annotated[Range, AfterValidator(_positive)]
 
 
 class Section(BaseModel):
@@ -47,7 +74,7 @@ class BackboneConfig(Section):
 class SSLConfig(Section):
     method: str = "simsiam"
     options: dict[str, Any] = Field(default_factory=dict)
-    views: dict[str, Any] = Field(default_factory=dict)  # sassl_core.augment.ViewOptions
+    views: dict[str, Any] = Field(default_factory=dict)  # sassl_core.train.views.ViewOptions
 
 
 class SasslConfig(Section):
@@ -57,7 +84,7 @@ class SasslConfig(Section):
     hidden_dim: int = Field(256, ge=1)
     layers: int = Field(3, ge=1)
     temperature: float = Field(1.0, gt=0)
-    squash: bool = True  # A = sigmoid(l1 l2ᵀ / τ) instead of the raw product (DESIGN.md §1)
+    squash: bool = True  # A = sigmoid(l1 l2ᵀ / τ), a probability for the BCE of Eq. 4-6, not the raw product
     cosine: bool = False  # compare unit-length D outputs: affinities cannot saturate (|logit| <= 1/τ)
     # G's adversarial term: every affinity high (paper Eq. 5), or D's own loss maximised
     generator: Literal["affinity", "confusion"] = "affinity"
@@ -160,7 +187,9 @@ def read_yaml(path: Path) -> dict:
     except OSError as err:
         raise UserError(f"{path}: cannot read config ({err.strerror or err})") from None
     except UnicodeDecodeError as err:
-        raise UserError(f"{path}: expected UTF-8 text, found byte 0x{err.object[err.start]:02x} at offset {err.start}") from None
+        raise UserError(
+            f"{path}: expected UTF-8 text, found byte 0x{err.object[err.start]:02x} at offset {err.start}"
+        ) from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as err:

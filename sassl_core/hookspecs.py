@@ -35,7 +35,7 @@ loads no entry points at all (only plugins registered explicitly in code).
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import pluggy
 
@@ -72,7 +72,7 @@ def sassl_register_backbones(register: Register) -> None:
 def sassl_register_tasks(register: Register) -> None:
     """Register downstream tasks (heads).
 
-    ``factory(options, feature_channels, num_outputs) -> sassl_core.tasks.TaskHead`` where
+    ``factory(options, feature_channels, num_outputs) -> sassl_core.interfaces.TaskHead`` where
     ``feature_channels`` lists the channels of each feature level (shallow to deep) and
     ``num_outputs`` is the number of classes (``None`` for regression). The core learns which
     labels the head needs (its ``target_kind``: ``'label'``, ``'target'`` or ``'mask'``) from a
@@ -96,7 +96,7 @@ def sassl_register_datasets(register: Register) -> None:
 def sassl_register_stain_transforms(register: Register) -> None:
     """Register stain normalisers / augmenters.
 
-    ``factory(options) -> sassl_core.stain.transform.StainTransform``: ``fit(targets)`` on
+    ``factory(options) -> sassl_core.interfaces.StainTransform``: ``fit(targets)`` on
     uint8 images ``(N, H, W, 3)``, then ``__call__(batch)`` on float ``(B, 3, H, W)`` tensors in
     ``[0, 1]`` on any device.
     """
@@ -109,4 +109,3 @@ HOOKS: dict[str, str] = {
     "dataset": "sassl_register_datasets",
     "stain": "sassl_register_stain_transforms",
 }
-

@@ -18,7 +18,7 @@ Edge-case conventions (all deterministic, none returns nan):
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

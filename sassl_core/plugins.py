@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import importlib.metadata
 import os
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from types import ModuleType
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import pluggy
 from pydantic import BaseModel

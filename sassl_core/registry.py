@@ -7,8 +7,9 @@ factory, so every plugin gets typed, checked options.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
@@ -42,9 +43,7 @@ class Component:
         try:
             return self.options.model_validate(raw or {})
         except ValidationError as err:
-            problems = "; ".join(
-                f"{'.'.join(str(p) for p in e['loc']) or '(root)'}: {e['msg']}" for e in err.errors()
-            )
+            problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '(root)'}: {e['msg']}" for e in err.errors())
             raise UserError(f"options of {KINDS[self.kind]} '{self.name}': {problems}") from None
 
 

@@ -19,7 +19,20 @@ sys.path.insert(0, str(BENCHMARKS))
 import common  # noqa: E402
 import gpu_suite  # noqa: E402
 
-TINY = ["--backbone", "test_resnet", "--image-size", "32", "--batch", "4", "--sources", "2", "--warmup", "1", "--repeats", "1"]
+TINY = [
+    "--backbone",
+    "test_resnet",
+    "--image-size",
+    "32",
+    "--batch",
+    "4",
+    "--sources",
+    "2",
+    "--warmup",
+    "1",
+    "--repeats",
+    "1",
+]
 
 
 @pytest.mark.slow
@@ -28,7 +41,10 @@ def test_pretrain_step_prints_ratio_and_writes_json(tmp_path):
     env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "HF_HUB_OFFLINE": "1"}
     proc = subprocess.run(
         [sys.executable, str(BENCHMARKS / "pretrain_step.py"), *TINY, "--device", "cpu", "--json", str(out)],
-        capture_output=True, text=True, timeout=600, env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "ratio sassl/plain" in proc.stdout and "discriminator overhead" in proc.stdout
@@ -51,8 +67,9 @@ def test_measure_reports_median_of_repeats():
 
 def test_measure_interleaved_calls_each_case_once_per_round():
     order = []
-    timings = common.measure_interleaved({"a": lambda: order.append("a"), "b": lambda: order.append("b")},
-                                         torch.device("cpu"), warmup=1, repeats=2)
+    timings = common.measure_interleaved(
+        {"a": lambda: order.append("a"), "b": lambda: order.append("b")}, torch.device("cpu"), warmup=1, repeats=2
+    )
     assert order == ["a", "b"] * 3
     assert {name: len(t.times_s) for name, t in timings.items()} == {"a": 2, "b": 2}
 
@@ -111,8 +128,12 @@ def test_missing_package_gets_a_stand_in(monkeypatch):
 def test_suite_table_and_output_paths(tmp_path, monkeypatch):
     case = {"img_per_s": 100.0, "peak_gib": 2.0, "median_s": 0.1}
     results = {
-        "step": {"cases": {"raw": case, "plain": case, "sassl": case}, "ratio_real_over_raw": 0.95,
-                 "discriminator_overhead": 0.02, "peak_ratio_real_over_raw": 1.05},
+        "step": {
+            "cases": {"raw": case, "plain": case, "sassl": case},
+            "ratio_real_over_raw": 0.95,
+            "discriminator_overhead": 0.02,
+            "peak_ratio_real_over_raw": 1.05,
+        },
         "methods": {"moco": {"ratio_real_over_raw": 0.91}},
         "compile": {"skipped": "time budget (10 s left of 290)"},
         "e2e": {"error": "Traceback ...\nRuntimeError: boom"},
@@ -127,8 +148,19 @@ def test_suite_table_and_output_paths(tmp_path, monkeypatch):
 
 def test_thumbnail_memory_benchmark_compares_both_paths():
     proc = subprocess.run(
-        [sys.executable, str(BENCHMARKS / "thumbnail_memory.py"), "--side", "1024", "--max-side", "128", "--block", "256"],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            str(BENCHMARKS / "thumbnail_memory.py"),
+            "--side",
+            "1024",
+            "--max-side",
+            "128",
+            "--block",
+            "256",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = {line.split()[0]: line for line in proc.stdout.splitlines() if line.startswith(("openslide", "blocks"))}

@@ -3,7 +3,7 @@
 import pytest
 import yaml
 
-from sassl_core.cli import build_parser, flags_to_config, main
+from sassl_core.app.cli import build_parser, flags_to_config, main
 from sassl_core.config import ConfigError, RunConfig, load_config, parse_override
 from sassl_core.errors import UserError
 
@@ -14,7 +14,9 @@ def _write(path, data):
 
 
 def test_merge_order_defaults_files_flags_overrides(tmp_path):
-    a = _write(tmp_path / "a.yaml", {"trainer": {"seed": 1}, "pretrain": {"steps": 10, "batch_size": 8}, "sassl": {"lam": 0.1}})
+    a = _write(
+        tmp_path / "a.yaml", {"trainer": {"seed": 1}, "pretrain": {"steps": 10, "batch_size": 8}, "sassl": {"lam": 0.1}}
+    )
     b = _write(tmp_path / "b.yaml", {"pretrain": {"steps": 20}, "sassl": {"lam": 0.2}})
     flags = flags_to_config(build_parser().parse_args(["run", "--steps", "30", "--no-sassl", "--batch-size", "12"]))
     cfg = load_config([a, b], flags, ["pretrain.steps=40", "ssl.options={dim: 64}"])

@@ -13,8 +13,8 @@ import torch
 from PIL import Image
 
 from sassl_core.errors import UserError
+from sassl_core.interfaces import DatasetContext
 from sassl_core.plugins import load_plugins
-from sassl_core.wsi.patches import DatasetContext
 
 GUIDE = Path(__file__).parents[1] / "CONTRIBUTING.md"
 
@@ -79,7 +79,7 @@ def test_ssl_sample_rejects_unknown_options(plugins):
 
 
 def test_backbone_sample_is_timm_style(plugins):
-    from sassl_core.features import feature_levels
+    from sassl_core.method.features import feature_levels
 
     model = plugins["backbone"].create("convnext_atto", {}, image_size=32)
     assert model(torch.rand(2, 3, 32, 32)).shape == (2, model.num_features)

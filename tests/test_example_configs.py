@@ -13,8 +13,13 @@ CONFIGS = sorted((Path(__file__).parents[1] / "examples" / "configs").glob("*.ya
 
 def test_configs_are_shipped():
     names = {p.name for p in CONFIGS}
-    assert {"quick_cpu.yaml", "panda_gpu.yaml", "camelyon16_seg_gpu.yaml",
-            "breastpathq_reg_gpu.yaml", "tcga_cls_gpu.yaml"} <= names
+    assert {
+        "quick_cpu.yaml",
+        "panda_gpu.yaml",
+        "camelyon16_seg_gpu.yaml",
+        "breastpathq_reg_gpu.yaml",
+        "tcga_cls_gpu.yaml",
+    } <= names
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
@@ -36,8 +41,12 @@ def plugins():
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
 def test_config_components_are_registered(path, plugins):
     cfg = load_config([path])
-    for kind, name in (("dataset", cfg.data.dataset), ("backbone", cfg.backbone.name),
-                       ("ssl", cfg.ssl.method), ("task", cfg.task.name)):
+    for kind, name in (
+        ("dataset", cfg.data.dataset),
+        ("backbone", cfg.backbone.name),
+        ("ssl", cfg.ssl.method),
+        ("task", cfg.task.name),
+    ):
         if not plugins[kind].names():
             pytest.skip(f"no {kind} plugins in this tree yet")
         plugins[kind].get(name)  # raises UserError naming what exists

@@ -59,12 +59,12 @@ def test_registered_in_code_without_autoload(monkeypatch):
 def _cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
     env = dict(os.environ, NO_ALBUMENTATIONS_UPDATE="1", HF_HUB_OFFLINE="1")
     return subprocess.run(
-        [sys.executable, "-m", "sassl_core.cli", *args], capture_output=True, text=True, env=env, timeout=timeout
+        [sys.executable, "-m", "sassl_core.app.cli", *args], capture_output=True, text=True, env=env, timeout=timeout
     )
 
 
 def test_listed_by_cli():
-    pytest.importorskip("sassl_core.cli", reason="the CLI is not in this tree")
+    pytest.importorskip("sassl_core.app.cli", reason="the CLI is not in this tree")
     done = _cli("plugins", "--json")
     assert done.returncode == 0, done.stderr
     listing = json.loads(done.stdout)
@@ -162,7 +162,9 @@ def _levels(batch: int = 5) -> list[torch.Tensor]:
 @pytest.mark.parametrize("num_classes", [2, 3, 6])
 def test_head_probabilities_are_valid(plugin_set, num_classes):
     torch.manual_seed(0)
-    head = plugin_set["task"].create("ordinal", {"hidden_dim": 8, "dropout": 0.2}, feature_channels=[4, 16], num_outputs=num_classes)
+    head = plugin_set["task"].create(
+        "ordinal", {"hidden_dim": 8, "dropout": 0.2}, feature_channels=[4, 16], num_outputs=num_classes
+    )
     output = head(_levels(), image_size=32)
     assert output.shape == (5, num_classes - 1)
     probs = head.predict(output)
@@ -223,7 +225,7 @@ TINY = ("--set", "ssl.options.proj_hidden_dim=32", "--set", "ssl.options.proj_di
 
 @pytest.mark.slow
 def test_pretrain_through_cli(tmp_path):
-    pytest.importorskip("sassl_core.cli", reason="the CLI is not in this tree")
+    pytest.importorskip("sassl_core.app.cli", reason="the CLI is not in this tree")
     out = tmp_path / "run"
     done = _cli("pretrain", "--ssl", "barlow_twins", *TINY, "--out", str(out), timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -233,7 +235,7 @@ def test_pretrain_through_cli(tmp_path):
 
 @pytest.mark.slow
 def test_ordinal_task_through_cli(tmp_path):
-    pytest.importorskip("sassl_core.cli", reason="the CLI is not in this tree")
+    pytest.importorskip("sassl_core.app.cli", reason="the CLI is not in this tree")
     out = tmp_path / "run"
     done = _cli(
         "run", "--ssl", "barlow_twins", "--task", "ordinal", *TINY, "--finetune-steps", "3", "--out", str(out),

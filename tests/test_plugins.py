@@ -89,9 +89,14 @@ def test_plugin_that_raises_on_import_is_reported_and_skipped(monkeypatch):
     def broken_load():
         raise ImportError("No module named 'missing_dependency'")
 
-    good = types.SimpleNamespace(name="good", dist=None, load=lambda: _plugin(
-        sassl_register_datasets=lambda register: register("tiny", lambda options, context: None)))
-    bad = types.SimpleNamespace(name="broken", dist=types.SimpleNamespace(name="sassl-broken", version="0.1"), load=broken_load)
+    good = types.SimpleNamespace(
+        name="good",
+        dist=None,
+        load=lambda: _plugin(sassl_register_datasets=lambda register: register("tiny", lambda options, context: None)),
+    )
+    bad = types.SimpleNamespace(
+        name="broken", dist=types.SimpleNamespace(name="sassl-broken", version="0.1"), load=broken_load
+    )
     monkeypatch.setattr("sassl_core.plugins._entry_points", lambda: [bad, good])
     plugins = load_plugins()
     assert plugins["dataset"].names() == ["tiny"]
@@ -130,7 +135,9 @@ def test_factory_that_crashes_is_named_in_one_user_error(monkeypatch):
     def build(options, image_size):
         raise RuntimeError("weights shape mismatch\nlong second line")
 
-    plugins = load_plugins(extra=[("fragile", _plugin(sassl_register_backbones=lambda register: register("fragile_net", build)))])
+    plugins = load_plugins(
+        extra=[("fragile", _plugin(sassl_register_backbones=lambda register: register("fragile_net", build)))]
+    )
     with pytest.raises(UserError) as err:
         plugins["backbone"].create("fragile_net", {}, image_size=32)
     assert str(err.value) == (

@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 import sassl_core
 from sassl_core.errors import UserError
-from sassl_core.wsi.patches import DatasetContext, PreparedData
+from sassl_core.interfaces import DatasetContext, PreparedData
 from sassl_core.wsi.reader import open_slide
 from sassl_plugins.datasets.common import prepare, read_table
 

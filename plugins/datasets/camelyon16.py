@@ -31,7 +31,7 @@ from skimage.draw import polygon as fill_polygon
 
 import sassl_core
 from sassl_core.errors import UserError
-from sassl_core.wsi.patches import DatasetContext, PreparedData
+from sassl_core.interfaces import DatasetContext, PreparedData
 from sassl_core.wsi.reader import SlideReader
 from sassl_plugins.datasets.common import fraction_map, patch_extent, prepare, read_text, split_groups, tile_slides
 from sassl_plugins.datasets.tiff_slides import level_shapes, write_pyramid
@@ -103,7 +103,9 @@ def parse_asap(path: Path) -> Lesions:
         except (TypeError, ValueError):
             raise UserError(f"{path}: annotation {k}: expected numeric X, Y and Order on every Coordinate") from None
         if len(points) < 3:
-            raise UserError(f"{path}: annotation {k}: expected a polygon of at least 3 coordinates, found {len(points)}")
+            raise UserError(
+                f"{path}: annotation {k}: expected a polygon of at least 3 coordinates, found {len(points)}"
+            )
         (lesions.tumour if group.lower() in TUMOUR_GROUPS else lesions.exclusion).append(points)
     return lesions
 
@@ -165,7 +167,9 @@ class _Slides:
             cls = reference.get(p.stem.lower())
             found.append((p, "testing", cls == "tumor" if cls else _annotation(self.root, p.stem) is not None))
         if not found:
-            raise UserError(f"{self.root}: expected slides in training/tumor, training/normal or testing/images, found none")
+            raise UserError(
+                f"{self.root}: expected slides in training/tumor, training/normal or testing/images, found none"
+            )
         for path, _, tumour in found:
             xml = _annotation(self.root, path.stem)
             if tumour and path.parent.name == "tumor" and xml is None:

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import csv
 import io
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Callable, Iterable
 
 import numpy as np
 
 from sassl_core.errors import UserError
-from sassl_core.wsi.patches import DatasetContext, PatchTable, PreparedData
+from sassl_core.interfaces import DatasetContext, PreparedData
+from sassl_core.wsi.patches import PatchTable
 from sassl_core.wsi.reader import SlideReader, open_slide
 from sassl_core.wsi.tiling import tile_slide
 from sassl_core.wsi.tissue import TissueMask
@@ -28,7 +29,9 @@ def read_text(path: Path) -> str:
     try:
         return path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as err:
-        raise UserError(f"{path}: expected UTF-8 text, found byte 0x{err.object[err.start]:02x} at offset {err.start}") from None
+        raise UserError(
+            f"{path}: expected UTF-8 text, found byte 0x{err.object[err.start]:02x} at offset {err.start}"
+        ) from None
 
 
 def read_table(path: Path, required: Iterable[str], delimiter: str = ",") -> list[Row]:

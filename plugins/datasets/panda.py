@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 import sassl_core
 from sassl_core.errors import UserError
-from sassl_core.wsi.patches import DatasetContext, PreparedData
+from sassl_core.interfaces import DatasetContext, PreparedData
 from sassl_core.wsi.reader import SlideReader, open_slide
 from sassl_plugins.datasets.common import (
     fraction_map,
@@ -130,7 +130,9 @@ class _Masks:
             return rows
         labels, downsample = found
         cancer = fraction_map(labels >= CANCER_FROM[row["data_provider"]], downsample)
-        share = np.atleast_1d(cancer.fraction([r["x"] for r in rows], [r["y"] for r in rows], patch_extent(rows[0], reader)))
+        share = np.atleast_1d(
+            cancer.fraction([r["x"] for r in rows], [r["y"] for r in rows], patch_extent(rows[0], reader))
+        )
         kept = [r for r, s in zip(rows, share) if s >= self.options.min_cancer_fraction]
         return kept or rows  # a graded slide whose mask shows no cancer keeps its tissue patches
 

@@ -26,7 +26,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 import sassl_core
-from sassl_core.wsi.patches import DatasetContext, PreparedData
+from sassl_core.interfaces import DatasetContext, PreparedData
 from sassl_core.wsi.reader import SlideReader, write_pyramid_tiff
 from sassl_plugins.datasets.common import fraction_map, patch_extent, prepare, split_groups, tile_slides
 from sassl_plugins.datasets.synthetic_slides import GRADES, centre_stains, draw_slide
@@ -52,7 +52,7 @@ class SyntheticOptions(BaseModel):
     test_fraction: float = Field(0.25, ge=0.0, lt=1.0, description="ignored when test_centre is set")
 
     @model_validator(mode="after")
-    def _check(self) -> "SyntheticOptions":
+    def _check(self) -> SyntheticOptions:
         if self.test_centre is not None and self.test_centre >= self.centres:
             raise ValueError(f"test_centre must be below centres ({self.centres}), found {self.test_centre}")
         return self
@@ -86,7 +86,9 @@ def ensure_slides(options: SyntheticOptions, cache_dir: Path, seed: int) -> Path
         write_pyramid_tiff(work / f"{name}.tif", slide.rgb, MPP, levels=3, tile=256)
         write_pyramid_tiff(work / f"{name}_mask.tif", _red(slide.tumour), MPP, levels=3, tile=256, label_mask=True)
         step = LABEL_DOWNSAMPLE
-        np.savez_compressed(work / f"{name}_labels.npz", grade=slide.grade[::step, ::step], tumour=slide.tumour[::step, ::step])
+        np.savez_compressed(
+            work / f"{name}_labels.npz", grade=slide.grade[::step, ::step], tumour=slide.tumour[::step, ::step]
+        )
 
     try:
         with ThreadPoolExecutor(max_workers=min(len(jobs), os.cpu_count() or 1)) as pool:

@@ -48,12 +48,33 @@ class Pattern:
 
 
 PATTERNS = (
-    Pattern(gland_density=1 / 9000, lumen_radius=20, ring_width=10, sheet_cover=0.0, nucleus_radius=3.0,
-            epithelial_nuclei=1 / 80, haematoxylin=0.9),
-    Pattern(gland_density=1 / 1600, lumen_radius=7, ring_width=9, sheet_cover=0.0, nucleus_radius=4.2,
-            epithelial_nuclei=1 / 120, haematoxylin=1.1),
-    Pattern(gland_density=0.0, lumen_radius=0, ring_width=0, sheet_cover=0.65, nucleus_radius=5.8,
-            epithelial_nuclei=1 / 190, haematoxylin=1.3),
+    Pattern(
+        gland_density=1 / 9000,
+        lumen_radius=20,
+        ring_width=10,
+        sheet_cover=0.0,
+        nucleus_radius=3.0,
+        epithelial_nuclei=1 / 80,
+        haematoxylin=0.9,
+    ),
+    Pattern(
+        gland_density=1 / 1600,
+        lumen_radius=7,
+        ring_width=9,
+        sheet_cover=0.0,
+        nucleus_radius=4.2,
+        epithelial_nuclei=1 / 120,
+        haematoxylin=1.1,
+    ),
+    Pattern(
+        gland_density=0.0,
+        lumen_radius=0,
+        ring_width=0,
+        sheet_cover=0.65,
+        nucleus_radius=5.8,
+        epithelial_nuclei=1 / 190,
+        haematoxylin=1.3,
+    ),
 )
 STROMA_NUCLEI = 1 / 900  # nucleus seeds per stroma pixel
 STROMA_NUCLEUS_RADIUS = 2.5

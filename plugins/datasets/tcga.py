@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 import sassl_core
 from sassl_core.errors import UserError
-from sassl_core.wsi.patches import DatasetContext, PreparedData
+from sassl_core.interfaces import DatasetContext, PreparedData
 from sassl_plugins.datasets.common import prepare, read_table, split_groups, tile_slides
 
 MANIFEST_COLUMNS = ("id", "filename", "md5", "size")
@@ -108,8 +108,12 @@ def build(options: TcgaOptions, context: DatasetContext) -> PreparedData:
     items = [
         (
             slides[name],
-            {"slide_id": Path(name).stem, "source": Path(name).stem, "label": class_names.index(project),
-             "split": splits[name]},
+            {
+                "slide_id": Path(name).stem,
+                "source": Path(name).stem,
+                "label": class_names.index(project),
+                "split": splits[name],
+            },
         )  # fmt: skip
         for name, project in sorted(kept.items())
     ]

@@ -9,8 +9,8 @@ centimetre so OpenSlide reports ``openslide.mpp-x/y`` = ``mpp`` at level 0.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
 import tifffile

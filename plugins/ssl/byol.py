@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 import sassl_core
-from sassl_core.ssl import SSLOutput
+from sassl_core.interfaces import SSLOutput
 from sassl_core.ssl.losses import byol_regression_loss
 from sassl_core.ssl.mlp import build_mlp
 from sassl_core.ssl.momentum import MomentumMethod

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 import sassl_core
-from sassl_core.ssl import SSLOutput
+from sassl_core.interfaces import SSLOutput
 from sassl_core.ssl.distributed import gather_with_grad
 from sassl_core.ssl.losses import info_nce
 from sassl_core.ssl.mlp import build_mlp
@@ -44,9 +44,7 @@ class MoCo(MomentumMethod):
         (h1, q1), (h2, q2) = self.online_embedding(x1), self.online_embedding(x2)
         k1, k2 = self.target_embedding(x1), self.target_embedding(x2)
         negatives = self.queue.clone()  # the queue changes below, autograd needs this snapshot
-        loss = 0.5 * (
-            info_nce(q1, k2, negatives, self.temperature) + info_nce(q2, k1, negatives, self.temperature)
-        )
+        loss = 0.5 * (info_nce(q1, k2, negatives, self.temperature) + info_nce(q2, k1, negatives, self.temperature))
         if self.training:
             self.enqueue(gather_with_grad(torch.cat([k1, k2])))
         return SSLOutput(loss, q1, q2, h1, h2)

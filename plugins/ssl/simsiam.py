@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 import sassl_core
-from sassl_core.ssl import SSLMethod, SSLOutput
+from sassl_core.interfaces import SSLMethod, SSLOutput
 from sassl_core.ssl.losses import negative_cosine_similarity
 from sassl_core.ssl.mlp import build_mlp
 

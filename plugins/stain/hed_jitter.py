@@ -1,7 +1,7 @@
 """Random HED stain augmentation (Tellez et al. 2018) as a stain transform.
 
-The same jitter as the view generator's (:func:`sassl_core.augment.apply_hed_jitter`), with the
-same defaults; useful as a stain-augmentation baseline outside the SSL views.
+The same jitter as the SSL views' (:func:`sassl_core.color.apply_hed_jitter`), with the same
+default ranges; useful as a stain-augmentation baseline outside the SSL views.
 """
 
 from __future__ import annotations
@@ -10,18 +10,17 @@ import torch
 from pydantic import BaseModel, ConfigDict
 
 import sassl_core
-from sassl_core.augment import Factors, Probability, Range, ViewOptions, apply_hed_jitter, draw_uniforms
-from sassl_core.stain.transform import StainTransform
-
-_DEFAULTS = ViewOptions()
+from sassl_core.color import HED_SCALE, HED_SHIFT, apply_hed_jitter
+from sassl_core.config import Factors, Probability, Range
+from sassl_core.interfaces import StainTransform
 
 
 class HEDJitterOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     p: Probability = 1.0
-    scale: Factors = _DEFAULTS.hed_scale
-    shift: Range = _DEFAULTS.hed_shift
+    scale: Factors = HED_SCALE
+    shift: Range = HED_SHIFT
     seed: int | None = None
 
 
@@ -32,13 +31,16 @@ class HEDJitter(StainTransform):
         self.options = options
         self.generator = None if options.seed is None else torch.Generator().manual_seed(options.seed)
 
-    def fit(self, targets) -> "HEDJitter":
+    def fit(self, targets) -> HEDJitter:
         """Nothing to fit: the jitter is random, not target-driven."""
         return self
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
         opt = self.options
-        u = draw_uniforms(batch.shape[0], 7, batch.device, self.generator)
+        if self.generator is None:
+            u = torch.rand(batch.shape[0], 7, device=batch.device)
+        else:
+            u = torch.rand(batch.shape[0], 7, generator=self.generator).to(batch.device)
         return apply_hed_jitter(batch, u, opt.p, opt.scale, opt.shift)
 
 

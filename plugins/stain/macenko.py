@@ -6,7 +6,7 @@ the plane of their two principal axes (eigenvectors of the OD covariance); the a
 pixel's projection in that plane; the robust extreme angles (``alpha`` and ``100 - alpha``
 percentiles) give the H and E vectors. Concentrations by least squares, each stain scaled to the
 target's 99th-percentile concentration, re-stained with the target's vectors
-(:class:`sassl_core.stain.color.StainMatrixNormaliser`).
+(:class:`sassl_core.color.StainMatrixNormaliser`).
 """
 
 from __future__ import annotations
@@ -15,14 +15,14 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 import sassl_core
-from sassl_core.stain.color import (
-    StainMatrixNormaliser,
+from sassl_core.color import (
     haematoxylin_first,
     least_squares_concentrations,
     masked_quantile,
     od_tissue_mask,
     unit_rows,
 )
+from sassl_plugins.stain.stain_matrix import StainMatrixNormaliser
 
 
 class MacenkoOptions(BaseModel):

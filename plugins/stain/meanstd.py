@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sassl_core
-from sassl_core.stain.color import ChannelStatsNormaliser
+from sassl_plugins.stain.channel_stats import ChannelStatsNormaliser
 
 
 def build(options) -> ChannelStatsNormaliser:

@@ -8,7 +8,8 @@ choice in histopathology tools and is used here).
 from __future__ import annotations
 
 import sassl_core
-from sassl_core.stain.color import ChannelStatsNormaliser, lab_to_rgb, rgb_to_lab
+from sassl_core.color import lab_to_rgb, rgb_to_lab
+from sassl_plugins.stain.channel_stats import ChannelStatsNormaliser
 
 
 def build(options) -> ChannelStatsNormaliser:

@@ -9,7 +9,7 @@ from the Ruifrok & Johnston H and E vectors, rows renormalised after every step.
 of all pixels are the non-negative lasso codes for the fitted ``S`` (same update, ``S`` fixed,
 ``code_lambda``). Then, as in the paper, each stain is scaled to the target's 99th-percentile
 concentration and the image re-stained with the target's ``S``
-(:class:`sassl_core.stain.color.StainMatrixNormaliser`).
+(:class:`sassl_core.color.StainMatrixNormaliser`).
 """
 
 from __future__ import annotations
@@ -18,14 +18,14 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 import sassl_core
-from sassl_core.stain.color import (
+from sassl_core.color import (
     RGB_FROM_HED,
-    StainMatrixNormaliser,
     haematoxylin_first,
     least_squares_concentrations,
     luminosity_tissue_mask,
     unit_rows,
 )
+from sassl_plugins.stain.stain_matrix import StainMatrixNormaliser
 
 _EPS = 1e-8
 

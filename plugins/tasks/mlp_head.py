@@ -6,14 +6,14 @@ The deepest fused level ``f_e`` is global-average-pooled and fed to an MLP
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
+from sassl_core.interfaces import TaskHead
 from sassl_core.ssl.mlp import build_mlp
-from sassl_core.tasks import TaskHead
 
 
 class MLPOptions(BaseModel):

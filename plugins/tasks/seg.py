@@ -7,7 +7,8 @@ foreground Dice and mean IoU (:func:`sassl_core.metrics.segmentation_metrics`).
 
 from __future__ import annotations
 
-from typing import Literal, Sequence
+from collections.abc import Sequence
+from typing import Literal
 
 import numpy as np
 import torch
@@ -17,8 +18,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 import sassl_core
 from sassl_core.errors import UserError
+from sassl_core.interfaces import TaskHead
 from sassl_core.metrics import segmentation_metrics
-from sassl_core.tasks import TaskHead
 from sassl_plugins.tasks.seg_decoders import DECODERS
 
 

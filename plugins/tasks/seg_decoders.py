@@ -14,7 +14,7 @@ segmentation head upsamples them to the input size. Levels are matched by their 
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F

@@ -1,7 +1,7 @@
-"""Shared machinery of self-supervised methods: the method interface, MLP builders, losses,
-momentum (EMA) updates and the gradient-keeping all_gather. Method plugins import from here."""
+"""Shared machinery of self-supervised methods: MLP builders, losses,
+momentum (EMA) updates and the gradient-keeping all_gather. Method plugins import from here;
+the method interface itself is :class:`sassl_core.interfaces.SSLMethod`."""
 
-from sassl_core.ssl.base import SSLMethod, SSLOutput
 from sassl_core.ssl.distributed import gather_with_grad, world_info
 from sassl_core.ssl.losses import byol_regression_loss, info_nce, negative_cosine_similarity, nt_xent
 from sassl_core.ssl.mlp import build_mlp
@@ -9,8 +9,6 @@ from sassl_core.ssl.momentum import MomentumMethod, cosine_momentum, ema_update,
 
 __all__ = [
     "MomentumMethod",
-    "SSLMethod",
-    "SSLOutput",
     "build_mlp",
     "byol_regression_loss",
     "cosine_momentum",

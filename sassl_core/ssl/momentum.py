@@ -13,7 +13,7 @@ import math
 import torch
 from torch import nn
 
-from sassl_core.ssl.base import SSLMethod
+from sassl_core.interfaces import SSLMethod
 
 
 def frozen_copy(module: nn.Module) -> nn.Module:

@@ -1,7 +1,7 @@
 """Patch extraction and the on-disk patch cache.
 
 Decoding slide regions costs ~1-4 ms per patch on one CPU thread, far too slow to feed a GPU at
-thousands of images per second (see DESIGN.md §4). :class:`PatchCache` extracts every row of a
+thousands of images per second (docs/benchmarks.md). :class:`PatchCache` extracts every row of a
 :class:`PatchTable` once into one contiguous uint8 array on disk, ``(N, P, P, 3)``, plus an
 optional ``(N, P, P)`` label-mask array, read back through memory maps at memory speed.
 
@@ -15,10 +15,9 @@ import hashlib
 import json
 import os
 import shutil
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 from PIL import Image
@@ -113,7 +112,7 @@ class PatchCache:
         return self.masks is not None
 
     @classmethod
-    def open(cls, path: str | Path, table: PatchTable | None = None) -> "PatchCache":
+    def open(cls, path: str | Path, table: PatchTable | None = None) -> PatchCache:
         """Open a built cache; with ``table``, check it was built from that table."""
         path = Path(path)
         try:
@@ -147,7 +146,7 @@ class PatchCache:
         with_masks: bool = False,
         progress: Callable[[int, int], None] | None = None,
         workers: int | None = None,
-    ) -> "PatchCache":
+    ) -> PatchCache:
         """Extract every row of ``table`` into a new cache at ``path`` (replacing one there).
 
         Written into a temporary sibling folder and renamed at the end, so an interrupted build
@@ -185,8 +184,14 @@ class PatchCache:
             images.flush()
             if masks is not None:
                 masks.flush()
-            del images, masks
-            header = {"format": FORMAT, "count": n, "patch_size": p, "with_masks": with_masks, "fingerprint": table_fingerprint(table)}
+            images = masks = None  # close the memory maps before the rename
+            header = {
+                "format": FORMAT,
+                "count": n,
+                "patch_size": p,
+                "with_masks": with_masks,
+                "fingerprint": table_fingerprint(table),
+            }
             (tmp / "header.json").write_text(json.dumps(header, indent=2))
             if path.exists():
                 shutil.rmtree(path)
@@ -197,7 +202,7 @@ class PatchCache:
         return cls.open(path)
 
     @classmethod
-    def open_or_build(cls, table: PatchTable, path: str | Path, with_masks: bool = False, **build_kwargs) -> "PatchCache":
+    def open_or_build(cls, table: PatchTable, path: str | Path, with_masks: bool = False, **build_kwargs) -> PatchCache:
         """The cache at ``path`` when it matches ``table`` (and has masks if asked), else a new build."""
         try:
             cache = cls.open(path, table)

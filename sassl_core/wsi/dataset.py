@@ -1,7 +1,7 @@
 """Patch datasets and their loaders.
 
 Samples stay uint8 ``(P, P, 3)`` on the CPU: batches travel to the device as uint8 (4x less
-than float32) and the views are made there (``sassl_core.augment``).
+than float32) and the views are made there (``sassl_core.train.views``).
 """
 
 from __future__ import annotations
@@ -97,10 +97,15 @@ def make_loader(
     ``prefetch`` batches each."""
     if (batch_size is None) == (batch_sampler is None):
         raise ValueError("make_loader: give exactly one of batch_size and batch_sampler")
-    kwargs: dict = {"num_workers": num_workers, "pin_memory": torch.cuda.is_available() if pin_memory is None else pin_memory}
+    kwargs: dict = {
+        "num_workers": num_workers,
+        "pin_memory": torch.cuda.is_available() if pin_memory is None else pin_memory,
+    }
     if num_workers > 0:
         kwargs.update(persistent_workers=True, prefetch_factor=prefetch)
     if batch_sampler is not None:
         return DataLoader(dataset, batch_sampler=batch_sampler, **kwargs)
     generator = torch.Generator().manual_seed(seed)
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, drop_last=drop_last, generator=generator, **kwargs)
+    return DataLoader(
+        dataset, batch_size=batch_size, shuffle=shuffle, drop_last=drop_last, generator=generator, **kwargs
+    )

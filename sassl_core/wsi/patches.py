@@ -8,7 +8,7 @@ the patch is resized to ``patch_size`` (the model's input size) after reading.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -48,7 +48,7 @@ class PatchTable:
         self.columns = {k: np.asarray(self.columns[k], dtype=object if t is str else t) for k, t in COLUMNS.items()}
 
     @classmethod
-    def from_rows(cls, rows: list[dict], patch_size: int) -> "PatchTable":
+    def from_rows(cls, rows: list[dict], patch_size: int) -> PatchTable:
         """Build from dicts; missing optional fields take their 'unknown' value."""
         defaults = {"label": -1, "target": float("nan"), "mask": "", "split": "train"}
         cols = {k: [r.get(k, defaults.get(k)) for r in rows] for k in COLUMNS}
@@ -62,11 +62,11 @@ class PatchTable:
     def __getitem__(self, column: str) -> np.ndarray:
         return self.columns[column]
 
-    def select(self, keep: np.ndarray) -> "PatchTable":
+    def select(self, keep: np.ndarray) -> PatchTable:
         """Rows where the boolean mask ``keep`` holds (or at the given integer indices)."""
         return PatchTable({k: v[keep] for k, v in self.columns.items()}, self.patch_size)
 
-    def split(self, name: str) -> "PatchTable":
+    def split(self, name: str) -> PatchTable:
         return self.select(self.columns["split"] == name)
 
     def source_ids(self, column: str = "source") -> np.ndarray:
@@ -85,7 +85,7 @@ class PatchTable:
         tmp.replace(path)
 
     @classmethod
-    def load(cls, path: Path) -> "PatchTable":
+    def load(cls, path: Path) -> PatchTable:
         try:
             with open(path) as fh:
                 header = json.loads(fh.readline())
@@ -105,33 +105,3 @@ def _plain(value):
     if isinstance(value, float) and value != value:
         return None
     return value
-
-
-@dataclass
-class DatasetContext:
-    """What the core hands a dataset plugin."""
-
-    root: Path | None  # the user's data root (None: the dataset's default, if it has one)
-    cache_dir: Path  # where the dataset may write derived files (synthetic slides, masks)
-    patch_size: int  # model input side in pixels
-    target_mpp: float = 0.5  # µm per pixel of the patches (20x)
-    fallback_mpp: float | None = None  # used only for slides that carry no resolution
-    max_per_slide: int = 100  # paper: 100 tissue patches per slide
-    tissue_threshold: float = 0.5  # minimum tissue fraction of a kept patch
-    seed: int = 0
-    strict: bool = False  # a bad slide is fatal instead of skipped
-
-
-@dataclass
-class PreparedData:
-    """A dataset ready for training: the patch index and what its labels mean."""
-
-    patches: PatchTable
-    tasks: tuple[str, ...]  # which of 'cls', 'reg', 'seg' the labels support
-    class_names: list[str] = field(default_factory=list)  # for 'cls'
-    seg_classes: int = 2  # number of mask classes for 'seg' (0 = background)
-    skipped: list[str] = field(default_factory=list)  # 'file: reason' of slides left out
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.class_names)

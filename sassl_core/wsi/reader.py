@@ -88,7 +88,7 @@ class SlideReader(ABC):
     def close(self) -> None:
         """Release the file."""
 
-    def __enter__(self) -> "SlideReader":
+    def __enter__(self) -> SlideReader:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -136,7 +136,9 @@ class OpenSlideReader(SlideReader):
                 x0, x1 = round(x / scale), round(min(x + THUMBNAIL_BLOCK, w) / scale)
                 y0, y1 = round(y / scale), round(min(y + THUMBNAIL_BLOCK, h) / scale)
                 if x1 > x0 and y1 > y0:
-                    out[y0:y1, x0:x1] = np.asarray(Image.fromarray(block).resize((x1 - x0, y1 - y0), Image.Resampling.BOX))
+                    out[y0:y1, x0:x1] = np.asarray(
+                        Image.fromarray(block).resize((x1 - x0, y1 - y0), Image.Resampling.BOX)
+                    )
         return out
 
     def close(self):
@@ -255,7 +257,9 @@ def open_slide(path: str | Path, fallback_mpp: float | None = None, require_mpp:
             pixels, mpp = _load_plain(path)
             reader = PlainImageReader(path, pixels, mpp, "file" if mpp else None)
         elif path.suffix.lower() in SLIDE_ONLY_SUFFIXES:
-            raise UserError(f"{path}: unreadable slide (OpenSlide cannot read this {path.suffix} file: truncated or corrupt?)")
+            raise UserError(
+                f"{path}: unreadable slide (OpenSlide cannot read this {path.suffix} file: truncated or corrupt?)"
+            )
         else:
             raise UserError(
                 f"{path}: unsupported format (not a slide OpenSlide reads, nor one of "
@@ -321,7 +325,14 @@ def write_pyramid_tiff(
             if mpp is not None:
                 px_per_cm = 1e4 / (mpp * 2**i)
                 kwargs = {"resolution": (px_per_cm, px_per_cm), "resolutionunit": "CENTIMETER"}
-            tw.write(level, tile=(tile, tile), compression="zlib" if label_mask else "jpeg", photometric="rgb", subfiletype=0 if i == 0 else 1, **kwargs)
+            tw.write(
+                level,
+                tile=(tile, tile),
+                compression="zlib" if label_mask else "jpeg",
+                photometric="rgb",
+                subfiletype=0 if i == 0 else 1,
+                **kwargs,
+            )
             if min(level.shape[:2]) < 2 * tile:
                 break
             if label_mask:

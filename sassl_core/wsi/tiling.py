@@ -12,8 +12,8 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -102,7 +102,13 @@ def _morton(x: np.ndarray, y: np.ndarray) -> np.ndarray:
 
     def spread(v):
         v = v.astype(np.uint64) & np.uint64(0xFFFFFFFF)
-        for shift, mask in ((16, 0x0000FFFF0000FFFF), (8, 0x00FF00FF00FF00FF), (4, 0x0F0F0F0F0F0F0F0F), (2, 0x3333333333333333), (1, 0x5555555555555555)):
+        for shift, mask in (
+            (16, 0x0000FFFF0000FFFF),
+            (8, 0x00FF00FF00FF00FF),
+            (4, 0x0F0F0F0F0F0F0F0F),
+            (2, 0x3333333333333333),
+            (1, 0x5555555555555555),
+        ):
             v = (v | (v << np.uint64(shift))) & np.uint64(mask)
         return v
 
@@ -151,11 +157,14 @@ def tile_to_folder(
         raise UserError(f"{out / 'patches.jsonl'}: already exists; choose another folder or overwrite")
     slides = find_slides(paths)
     if not slides:
-        raise UserError(f"{', '.join(map(str, paths))}: no slide files found (extensions {' '.join(sorted(SLIDE_SUFFIXES))})")
+        raise UserError(
+            f"{', '.join(map(str, paths))}: no slide files found (extensions {' '.join(sorted(SLIDE_SUFFIXES))})"
+        )
     staging = out.parent / f".{out.name}.partial-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     try:
+
         def tile(reader: SlideReader, tissue: TissueMask) -> list[dict]:
             return tile_slide(reader, patch_size, target_mpp, tissue_threshold, max_per_slide, overlap, seed, tissue)
 

@@ -64,7 +64,10 @@ class TissueMask:
         a, b = u - i, v - j
         s = self._sat
         return (
-            s[j, i] * (1 - a) * (1 - b) + s[j, i + 1] * a * (1 - b) + s[j + 1, i] * (1 - a) * b + s[j + 1, i + 1] * a * b
+            s[j, i] * (1 - a) * (1 - b)
+            + s[j, i + 1] * a * (1 - b)
+            + s[j + 1, i] * (1 - a) * b
+            + s[j + 1, i + 1] * a * b
         )
 
 
@@ -108,7 +111,11 @@ def _small_components(mask: np.ndarray, min_px: int, include_border: bool) -> np
 
 
 def detect_tissue(
-    reader: SlideReader, max_side: int = 1024, min_object_px: int = 64, method: str = "saturation", max_hole_px: int = 256
+    reader: SlideReader,
+    max_side: int = 1024,
+    min_object_px: int = 64,
+    method: str = "saturation",
+    max_hole_px: int = 256,
 ) -> TissueMask:
     """Tissue mask of a slide from its thumbnail (longest side ``max_side``); see the module doc."""
     thumb = reader.thumbnail(max_side)
@@ -116,11 +123,18 @@ def detect_tissue(
     return TissueMask(mask, reader.dimensions[0] / mask.shape[1], thumb)
 
 
-def save_overlay(thumbnail: np.ndarray, mask: np.ndarray, path: str | Path, color=(0, 200, 0), alpha: float = 0.4) -> Path:
+def save_overlay(
+    thumbnail: np.ndarray, mask: np.ndarray, path: str | Path, color=(0, 200, 0), alpha: float = 0.4
+) -> Path:
     """Write a PNG of the thumbnail with tissue tinted ``color``; atomic (temp file + rename)."""
     path = Path(path)
     if mask.shape != thumbnail.shape[:2]:
-        mask = np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize(thumbnail.shape[1::-1], Image.Resampling.NEAREST)) > 0
+        mask = (
+            np.asarray(
+                Image.fromarray(mask.astype(np.uint8) * 255).resize(thumbnail.shape[1::-1], Image.Resampling.NEAREST)
+            )
+            > 0
+        )
     out = thumbnail.astype(np.float32)
     out[mask] = out[mask] * (1 - alpha) + np.asarray(color, np.float32) * alpha
     tmp = path.with_name(path.name + ".tmp")

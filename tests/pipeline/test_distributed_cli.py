@@ -19,10 +19,27 @@ from safetensors.torch import load_file
 from tests.pipeline.tiny import TINY, sassl
 
 NO_VIEWS = "ssl.views={crop_p: 0, hflip_p: 0, vflip_p: 0, rot90_p: 0, hed_p: 0, color_p: 0, blur_p: 0}"
-ARGS = ["pretrain", "--ssl", "moco", "--backbone", "timm:vit_tiny_patch16_224", "--steps", "4", *TINY,
-        "--set", NO_VIEWS, "--set", "ssl.options.queue_size=32", "--set", "trainer.checkpoint_every=100",
-        # SGD: Adam's normalised steps would turn float32 rounding in near-zero gradients into lr-sized steps
-        "--set", "pretrain.optim.name=sgd", "--set", "pretrain.optim.lr=0.05"]
+ARGS = [
+    "pretrain",
+    "--ssl",
+    "moco",
+    "--backbone",
+    "timm:vit_tiny_patch16_224",
+    "--steps",
+    "4",
+    *TINY,
+    "--set",
+    NO_VIEWS,
+    "--set",
+    "ssl.options.queue_size=32",
+    "--set",
+    "trainer.checkpoint_every=100",
+    # SGD: Adam's normalised steps would turn float32 rounding in near-zero gradients into lr-sized steps
+    "--set",
+    "pretrain.optim.name=sgd",
+    "--set",
+    "pretrain.optim.lr=0.05",
+]
 
 
 def _history(run_dir):
@@ -31,14 +48,30 @@ def _history(run_dir):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(shutil.which("torchrun") is None and not torch.distributed.is_available(), reason="no torch.distributed")
+@pytest.mark.skipif(
+    shutil.which("torchrun") is None and not torch.distributed.is_available(), reason="no torch.distributed"
+)
 def test_two_gloo_processes_match_one_process(tmp_path):
     single, double = tmp_path / "one", tmp_path / "two"
     sassl(*ARGS, "--out", single)
     proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
-         "-m", "sassl_core.cli", *ARGS, "--out", str(double)],
-        capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            "29517",
+            "-m",
+            "sassl_core.app.cli",
+            *ARGS,
+            "--out",
+            str(double),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     untrained = tmp_path / "zero"

@@ -24,8 +24,22 @@ def test_pretrain_reduces_ssl_loss(tmp_path, method, sassl_flag):
     # MoCo's loss starts artificially low while its queue holds random (easy) negatives: a queue
     # of 16 keys is full of real keys after the first step, so every method is judged from step 2.
     queue = ["--set", "ssl.options.queue_size=16"] if method == "moco" else []
-    sassl("pretrain", "--ssl", method, "--steps", 30, "--seed", 0, "--out", out, *sassl_flag, *TINY,
-          "--set", "pretrain.optim.lr=0.003", *queue)
+    sassl(
+        "pretrain",
+        "--ssl",
+        method,
+        "--steps",
+        30,
+        "--seed",
+        0,
+        "--out",
+        out,
+        *sassl_flag,
+        *TINY,
+        "--set",
+        "pretrain.optim.lr=0.003",
+        *queue,
+    )
     rows = _history(out)
     assert [r["step"] for r in rows] == list(range(1, 31))
     first = sum(r["L_ssl"] for r in rows[1:6]) / 5
@@ -67,17 +81,24 @@ def test_probe_a_pretraining_run_then_refusals(tmp_path):
     done = sassl("probe", "--out", pre, *TINY, "--set", "output.quiet=false")  # its own folder: the intended workflow
     probe = json.loads((pre / "centre_probe.json").read_text())
     assert probe["centres"] == 2 and 0.0 <= probe["accuracy"] <= 1.0 and probe["majority"] >= 0.5
-    assert probe["fit_patches"] > 0 and probe["test_patches"] > 0 and probe["encoder"] == str(pre / "encoder.safetensors")
+    assert (
+        probe["fit_patches"] > 0 and probe["test_patches"] > 0 and probe["encoder"] == str(pre / "encoder.safetensors")
+    )
     assert json.loads(done.out)["metrics"]["accuracy"] == probe["accuracy"]
     assert (pre / "config_probe.yaml").is_file() and (pre / "config.yaml").is_file()
 
     missing = sassl("probe", "--out", tmp_path / "nothing", *TINY, check=False)
     assert missing.status == 2 and missing.err.strip().splitlines()[-1].startswith(
-        "error: finetune.pretrained: expected the encoder to probe (--pretrained RUN)")
+        "error: finetune.pretrained: expected the encoder to probe (--pretrained RUN)"
+    )
     assert not (tmp_path / "nothing").exists()  # refused before producing anything
 
     one_centre = "data.options={centres: 1, slides_per_centre: 2, slide_size: 384, regions: 3}"
     refused = sassl("probe", "--pretrained", pre, "--out", tmp_path / "one", *TINY, "--set", one_centre, check=False)
-    assert refused.status == 2 and "error: data.dataset: the centre probe needs at least 2 centres with 2 slides each; " \
-        "'synthetic' has 1 centre(s) and 2 slide(s)" in refused.err
+    assert (
+        refused.status == 2
+        and "error: data.dataset: the centre probe needs at least 2 centres with 2 slides each; "
+        "'synthetic' has 1 centre(s) and 2 slide(s)"
+        in refused.err
+    )
     assert not (tmp_path / "one").exists()

@@ -28,8 +28,15 @@ def _check_run(out, task):
     for key, value in metrics["metrics"].items():
         if isinstance(value, float):
             assert np.isfinite(value), key
-    for name in ("config.yaml", "report.md", "encoder.safetensors", TASK_PLOT[task], "finetune_curves.png",
-                 "history_finetune.csv", "checkpoints/finetune_last.pt"):
+    for name in (
+        "config.yaml",
+        "report.md",
+        "encoder.safetensors",
+        TASK_PLOT[task],
+        "finetune_curves.png",
+        "history_finetune.csv",
+        "checkpoints/finetune_last.pt",
+    ):
         assert (out / name).exists(), name
     report = (out / "report.md").read_text()
     assert "| metric | value |" in report and TASK_PLOT[task] in report
@@ -47,7 +54,11 @@ def test_run_every_task_on_synthetic(tmp_path, task):
         assert "slide_metrics" not in json.loads((out / "metrics.json").read_text())
         slide = sorted(Path(os.environ["SASSL_CACHE"]).glob("synthetic/*/centre0_slide0.tif"))[0]
         printed = sassl("heatmap", "--checkpoint", out, "--slide", slide, "--cam-patches", 2).out.split()
-        assert [Path(p).name for p in printed] == ["centre0_slide0_heatmap.png", "centre0_slide0_cam0.png", "centre0_slide0_cam1.png"]
+        assert [Path(p).name for p in printed] == [
+            "centre0_slide0_heatmap.png",
+            "centre0_slide0_cam0.png",
+            "centre0_slide0_cam1.png",
+        ]
         heat = np.asarray(Image.open(printed[0]))
         assert heat.ndim == 3 and heat.shape[0] > 32
 
@@ -95,8 +106,22 @@ def test_run_on_each_real_layout_miniature(tmp_path, dataset):
     make, task, extra = LAYOUTS[dataset]
     root = make(tmp_path / dataset)
     out = tmp_path / "run"
-    sassl("run", "--dataset", dataset, "--data-root", root, "--task", task, *STEPS, "--out", out, *TINY_ANY_DATASET,
-          "--set", "pretrain.sources_per_batch=2", *extra)
+    sassl(
+        "run",
+        "--dataset",
+        dataset,
+        "--data-root",
+        root,
+        "--task",
+        task,
+        *STEPS,
+        "--out",
+        out,
+        *TINY_ANY_DATASET,
+        "--set",
+        "pretrain.sources_per_batch=2",
+        *extra,
+    )
     metrics = _check_run(out, task)
     if dataset == "panda":
         assert set(metrics["metrics"]["qwk_by_source"]) <= {"karolinska", "radboud"}
@@ -108,9 +133,23 @@ def test_bad_slide_in_a_training_run_is_skipped_and_listed(tmp_path):
     root = make_camelyon16(tmp_path / "camelyon16")
     (root / "training" / "normal" / "broken.tif").write_bytes(b"II*\x00not a tiff at all")
     out = tmp_path / "run"
-    result = sassl("run", "--dataset", "camelyon16", "--data-root", root, "--task", "seg", *STEPS, "--out", out,
-                   *TINY_ANY_DATASET, "--set", "pretrain.sources_per_batch=2",
-                   "--set", "data.options={tumour_slides_only: false}")
+    result = sassl(
+        "run",
+        "--dataset",
+        "camelyon16",
+        "--data-root",
+        root,
+        "--task",
+        "seg",
+        *STEPS,
+        "--out",
+        out,
+        *TINY_ANY_DATASET,
+        "--set",
+        "pretrain.sources_per_batch=2",
+        "--set",
+        "data.options={tumour_slides_only: false}",
+    )
     assert "warning: skipped slide" in result.err and "broken.tif" in result.err
     skipped = json.loads((out / "skipped_slides.json").read_text())
     assert len(skipped) == 1 and "broken.tif" in skipped[0]

@@ -8,9 +8,9 @@ import pytest
 import skimage.color
 import torch
 
+from sassl_core.color import as_float_images
 from sassl_core.errors import UserError
 from sassl_core.plugins import load_plugins
-from sassl_core.stain.color import as_float_images
 from tests.fixtures.he_images import SYNTHETIC_STAINS, shared_rgb, synthetic_he, synthetic_sparse_stains
 
 NAMES = ["reinhard", "macenko", "vahadane", "meanstd", "hed_jitter"]

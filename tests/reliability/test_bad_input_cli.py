@@ -1,7 +1,7 @@
 """Bad input through the real command line: one ``error:`` line naming the file or field, what
 was expected and what was found; exit status 2; no traceback; nothing written half-way.
 
-Each case runs ``sassl_core.cli.main`` in this process (the same code path as the console
+Each case runs ``sassl_core.app.cli.main`` in this process (the same code path as the console
 script, without the interpreter start-up); ``tests/pipeline/test_pretrain_cli.py`` runs the
 console script itself in a subprocess.
 """
@@ -18,6 +18,8 @@ import timm
 from PIL import Image
 from safetensors.torch import save_file
 
+from tests.fixtures.cli_runs import assert_user_error, cli
+from tests.fixtures.he_images import shared_data_dir
 from tests.fixtures.layouts import (
     PANDA_SLIDES,
     asap_xml,
@@ -29,8 +31,6 @@ from tests.fixtures.layouts import (
     write_tiff_slide,
 )
 from tests.pipeline.tiny import TINY, TINY_ANY_DATASET
-from tests.fixtures.cli_runs import assert_user_error, cli
-from tests.fixtures.he_images import shared_data_dir
 
 CMU_SVS = shared_data_dir() / "cmu_small_region.svs"
 TILE = ["--patch-size", 64, "--quiet"]
@@ -138,7 +138,12 @@ def test_bad_slides_among_many_are_skipped_and_listed(tmp_path, good_slide):
     folder = tmp_path / "slides"
     folder.mkdir()
     (folder / "good.tiff").write_bytes(good_slide.read_bytes())
-    bad = [_truncated_tiff(folder, good_slide), _no_tissue(folder, None), _no_mpp(folder, None), _too_small(folder, None)]
+    bad = [
+        _truncated_tiff(folder, good_slide),
+        _no_tissue(folder, None),
+        _no_mpp(folder, None),
+        _too_small(folder, None),
+    ]
     out = tmp_path / "tiles"
     result = cli("tile", folder, "--out", out, "--patch-size", 64)
     assert result.status == 0, result.err
@@ -147,7 +152,11 @@ def test_bad_slides_among_many_are_skipped_and_listed(tmp_path, good_slide):
     assert sorted(Path(s["file"]).name for s in summary["skipped"]) == sorted(p.name for p in bad)
     for item in summary["skipped"]:
         assert f"skipped {item['file']}: {item['reason']}" in result.err  # reported on the console too
-    assert sorted(p.name for p in (out / "masks").iterdir()) == ["glass_tissue.png", "good_tissue.png", "small_tissue.png"]
+    assert sorted(p.name for p in (out / "masks").iterdir()) == [
+        "glass_tissue.png",
+        "good_tissue.png",
+        "small_tissue.png",
+    ]
 
     strict = cli("tile", folder, "--out", tmp_path / "strict", "--patch-size", 64, "--strict")
     assert_user_error(strict, "cut.tiff: unreadable image")
@@ -158,8 +167,19 @@ def test_bad_slides_among_many_are_skipped_and_listed(tmp_path, good_slide):
 
 
 def _pretrain(tmp_path: Path, dataset: str, root: Path, *extra):
-    return cli("pretrain", "--steps", 1, "--dataset", dataset, "--data-root", root, "--out", tmp_path / "run",
-               *TINY_ANY_DATASET, *extra)
+    return cli(
+        "pretrain",
+        "--steps",
+        1,
+        "--dataset",
+        dataset,
+        "--data-root",
+        root,
+        "--out",
+        tmp_path / "run",
+        *TINY_ANY_DATASET,
+        *extra,
+    )
 
 
 def _edit(path: Path, old: str, new: str) -> None:
@@ -171,10 +191,18 @@ def _edit(path: Path, old: str, new: str) -> None:
 @pytest.mark.parametrize(
     "old, new, message",
     [
-        ("isup_grade", "isup", "train.csv: expected columns isup_grade, found image_id, data_provider, isup, gleason_score"),
+        (
+            "isup_grade",
+            "isup",
+            "train.csv: expected columns isup_grade, found image_id, data_provider, isup, gleason_score",
+        ),
         (",radboud,4,", ",radboud,7,", "train.csv: row 3: isup_grade: expected an integer 0-5, found '7'"),
         (",radboud,4,", ",radboud,four,", "train.csv: row 3: isup_grade: expected an integer 0-5, found 'four'"),
-        (",karolinska,1,", ",sheffield,1,", "train.csv: row 4: data_provider: expected one of karolinska, radboud, found 'sheffield'"),
+        (
+            ",karolinska,1,",
+            ",sheffield,1,",
+            "train.csv: row 4: data_provider: expected one of karolinska, radboud, found 'sheffield'",
+        ),
     ],
     ids=["missing column", "ISUP 7", "ISUP not a number", "unknown provider"],
 )
@@ -188,7 +216,9 @@ def test_panda_mask_of_another_size(tmp_path):
     root = make_panda(tmp_path / "panda")
     first = PANDA_SLIDES[0][0]
     write_label_tiff(root / "train_label_masks" / f"{first}_mask.tiff", np.zeros((200, 300), np.uint8))
-    assert_user_error(_pretrain(tmp_path, "panda", root), f"{first}_mask.tiff: mask size 300x200 differs from its slide's 384x384")
+    assert_user_error(
+        _pretrain(tmp_path, "panda", root), f"{first}_mask.tiff: mask size 300x200 differs from its slide's 384x384"
+    )
 
 
 @pytest.mark.parametrize(
@@ -209,7 +239,10 @@ def test_breastpathq_cellularity_out_of_range(tmp_path, value):
         ("\x00\x01garbage", "malformed annotation XML"),
         (asap_xml([("_0", [(1, 1), (5, 1)])]), "annotation 0: expected a polygon of at least 3 coordinates, found 2"),
         (asap_xml([("Stroma", [(1, 1), (5, 1), (5, 5)])]), "annotation 0: PartOfGroup: expected one of"),
-        (asap_xml([("_0", [(1, 1), (5, 1), (5, 5)])]).replace('X="5"', 'X="five"', 1), "annotation 0: expected numeric X, Y and Order on every Coordinate"),
+        (
+            asap_xml([("_0", [(1, 1), (5, 1), (5, 5)])]).replace('X="5"', 'X="five"', 1),
+            "annotation 0: expected numeric X, Y and Order on every Coordinate",
+        ),
     ],
     ids=["unclosed", "binary", "two points", "unknown group", "non-numeric X"],
 )
@@ -220,7 +253,9 @@ def test_camelyon16_malformed_asap_xml(tmp_path, content, message):
 
 
 def test_missing_data_root(tmp_path):
-    assert_user_error(_pretrain(tmp_path, "panda", tmp_path / "nowhere"), f"data.root: folder {tmp_path / 'nowhere'} does not exist")
+    assert_user_error(
+        _pretrain(tmp_path, "panda", tmp_path / "nowhere"), f"data.root: folder {tmp_path / 'nowhere'} does not exist"
+    )
 
 
 # --- config ------------------------------------------------------------------------------
@@ -260,8 +295,10 @@ def test_config_file(tmp_path, text, message):
 
 
 def test_config_file_missing(tmp_path):
-    assert_user_error(cli("pretrain", "--config", tmp_path / "none.yaml", "--out", tmp_path / "run", *TINY),
-                      "none.yaml: cannot read config")
+    assert_user_error(
+        cli("pretrain", "--config", tmp_path / "none.yaml", "--out", tmp_path / "run", *TINY),
+        "none.yaml: cannot read config",
+    )
 
 
 # --- component names, sizes -----------------------------------------------------------------
@@ -270,11 +307,17 @@ def test_config_file_missing(tmp_path):
 @pytest.mark.parametrize(
     "flags, message",
     [
-        (["--dataset", "pandas"], "unknown dataset 'pandas'; available: breastpathq, camelyon16, panda, synthetic, tcga"),
+        (
+            ["--dataset", "pandas"],
+            "unknown dataset 'pandas'; available: breastpathq, camelyon16, panda, synthetic, tcga",
+        ),
         (["--backbone", "resnet19"], "unknown backbone 'resnet19'; available: "),
         (["--backbone", "timm:resnet19"], "unknown timm model 'resnet19'"),
         (["--ssl", "simsam"], "unknown ssl method 'simsam'; available: "),
-        (["--set", "ssl.options={dimension: 3}"], "options of ssl method 'simsiam': dimension: Extra inputs are not permitted"),
+        (
+            ["--set", "ssl.options={dimension: 3}"],
+            "options of ssl method 'simsiam': dimension: Extra inputs are not permitted",
+        ),
     ],
 )
 def test_unknown_component_or_option(tmp_path, flags, message):
@@ -284,7 +327,18 @@ def test_unknown_component_or_option(tmp_path, flags, message):
 def test_unknown_stain_transform(tmp_path):
     target = tmp_path / "target.png"
     Image.fromarray(tissue(0, size=96).rgb).save(target)
-    result = cli("pretrain", "--steps", 1, "--out", tmp_path / "run", *TINY, "--stain-norm", "reinhardt", "--stain-target", target)
+    result = cli(
+        "pretrain",
+        "--steps",
+        1,
+        "--out",
+        tmp_path / "run",
+        *TINY,
+        "--stain-norm",
+        "reinhardt",
+        "--stain-target",
+        target,
+    )
     assert_user_error(result, "unknown stain transform 'reinhardt'; available: ", "reinhard")
 
 
@@ -336,7 +390,9 @@ def tiny_run(tmp_path_factory) -> Path:
 def test_run_folder_already_holding_a_run(tiny_run):
     before = (tiny_run / "config.yaml").read_text()
     result = cli("pretrain", "--steps", 1, "--out", tiny_run, *TINY)
-    assert_user_error(result, f"output.dir: {tiny_run} already holds a run; pass --resume to continue it or --overwrite to replace it")
+    assert_user_error(
+        result, f"output.dir: {tiny_run} already holds a run; pass --resume to continue it or --overwrite to replace it"
+    )
     assert (tiny_run / "config.yaml").read_text() == before
 
 
@@ -348,12 +404,16 @@ def run_copy(tiny_run, tmp_path) -> Path:
 
 def test_resume_with_another_backbone(run_copy):
     result = cli("pretrain", "--steps", 2, "--out", run_copy, *TINY, "--resume", "--backbone", "efficientnet_b0")
-    assert_user_error(result, "checkpoints/pretrain_last.pt: does not fit this run's ssl (another backbone, method or task?)")
+    assert_user_error(
+        result, "checkpoints/pretrain_last.pt: does not fit this run's ssl (another backbone, method or task?)"
+    )
 
 
 def test_refused_resume_keeps_the_runs_config(run_copy):
     before = (run_copy / "config.yaml").read_text()
-    assert cli("pretrain", "--steps", 2, "--out", run_copy, *TINY, "--resume", "--backbone", "efficientnet_b0").status == 2
+    assert (
+        cli("pretrain", "--steps", 2, "--out", run_copy, *TINY, "--resume", "--backbone", "efficientnet_b0").status == 2
+    )
     assert (run_copy / "config.yaml").read_text() == before
 
 
@@ -369,7 +429,10 @@ def test_evaluate_with_another_task(tiny_run):
 
 def test_pretrained_encoder_of_another_backbone(tmp_path):
     other = tmp_path / "efficientnet.safetensors"
-    save_file({k: v.contiguous() for k, v in timm.create_model("efficientnet_b0", num_classes=0).state_dict().items()}, str(other))
+    save_file(
+        {k: v.contiguous() for k, v in timm.create_model("efficientnet_b0", num_classes=0).state_dict().items()},
+        str(other),
+    )
     result = cli("finetune", "--finetune-steps", 1, "--out", tmp_path / "run", *TINY, "--pretrained", other)
     assert_user_error(result, "efficientnet.safetensors", "resnet18")
 

@@ -4,7 +4,7 @@ asked about is unusable."""
 from __future__ import annotations
 
 import sassl_core.plugins as plugins_module
-from sassl_core.doctor import PACKAGES, report
+from sassl_core.app.doctor import PACKAGES, report
 from sassl_core.plugins import PluginFailure, load_plugins
 from tests.fixtures.cli_runs import cli
 

@@ -45,7 +45,9 @@ def _mutations(seed: str) -> st.SearchStrategy[bytes]:
             if op == "delete" and out:
                 del out[at : at + draw(st.integers(1, 16))]
             elif op == "insert":
-                out[at:at] = draw(st.binary(min_size=1, max_size=8) | st.sampled_from([b",", b"\n", b'"', b"\t", b"<", b">"]))
+                out[at:at] = draw(
+                    st.binary(min_size=1, max_size=8) | st.sampled_from([b",", b"\n", b'"', b"\t", b"<", b">"])
+                )
             elif op == "replace" and out:
                 out[at] = draw(st.integers(0, 255))
             elif op == "truncate":
@@ -89,7 +91,9 @@ FIELDS = [f"{s}.{f}" for s in SECTIONS for f in type(getattr(RunConfig(), s)).mo
 
 
 @FUZZ
-@given(data=_inputs(RunConfig().to_yaml()).map(lambda b: b.decode("utf-8", "replace").encode()))  # see below for non-UTF-8
+@given(
+    data=_inputs(RunConfig().to_yaml()).map(lambda b: b.decode("utf-8", "replace").encode())
+)  # see below for non-UTF-8
 @example(data=b"trainer: !!python/object/apply:os.system ['true']\n")
 @example(data=b"a: &x [*x]\n")
 def test_config_file_loads_or_raises_user_error(data):

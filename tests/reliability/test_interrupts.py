@@ -22,10 +22,10 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from sassl_core.checkpoint import atomic_write, load_checkpoint, save_checkpoint
 from sassl_core.config import OutputConfig, TrainerConfig
-from sassl_core.runtime import Runtime
-from sassl_core.trainer import NonFiniteLoss, Phase, Program, Trainer, TrainingInterrupted
+from sassl_core.train.checkpoint import atomic_write, load_checkpoint, save_checkpoint
+from sassl_core.train.runtime import Runtime
+from sassl_core.train.trainer import NonFiniteLoss, Phase, Program, Trainer, TrainingInterrupted
 from tests.pipeline.tiny import TINY
 
 # --- the loop on a two-weight model ---------------------------------------------------------
@@ -121,7 +121,9 @@ def test_signal_writes_a_checkpoint_and_resume_matches_an_uninterrupted_run(tmp_
 
     program, _ = _program(lambda step: f"signal:{int(signum)}" if step == 2 else None)
     trainer = _trainer(tmp_path / "run", 6)
-    with pytest.raises(TrainingInterrupted, match=f"pretrain interrupted by signal {int(signum)} after step 3; checkpoint written"):
+    with pytest.raises(
+        TrainingInterrupted, match=f"pretrain interrupted by signal {int(signum)} after step 3; checkpoint written"
+    ):
         _fit(trainer, program)
     assert load_checkpoint(trainer.last_path)["step"] == 3
     assert signal.getsignal(signum) is not trainer._on_signal  # handlers restored
@@ -177,7 +179,7 @@ KILL_RUN = [*TINY, "--steps", 10, "--seed", 3, "--set", "trainer.checkpoint_ever
 
 
 def _start(out: Path, *extra) -> subprocess.Popen:
-    args = [sys.executable, "-m", "sassl_core.cli", "pretrain", "--out", out, *KILL_RUN, *extra]
+    args = [sys.executable, "-m", "sassl_core.app.cli", "pretrain", "--out", out, *KILL_RUN, *extra]
     return subprocess.Popen(list(map(str, args)), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -230,8 +232,11 @@ def test_sigkill_at_random_points_then_resume_equals_an_uninterrupted_run(tmp_pa
         time.sleep(rng.uniform(0.5, duration))
         if proc.poll() is None:
             proc.kill()
-            killed_after.append(load_checkpoint(out / "checkpoints" / "pretrain_last.pt")["step"]
-                                if (out / "checkpoints" / "pretrain_last.pt").exists() else 0)
+            killed_after.append(
+                load_checkpoint(out / "checkpoints" / "pretrain_last.pt")["step"]
+                if (out / "checkpoints" / "pretrain_last.pt").exists()
+                else 0
+            )
         proc.communicate()
     finished = _start(out, "--resume")
     _, err = finished.communicate(timeout=600)
@@ -240,5 +245,7 @@ def test_sigkill_at_random_points_then_resume_equals_an_uninterrupted_run(tmp_pa
     want, got = load_file(str(reference / "encoder.safetensors")), load_file(str(out / "encoder.safetensors"))
     assert want.keys() == got.keys()
     different = [k for k in want if not torch.equal(want[k], got[k])]
-    assert not different, f"killed after checkpoints {killed_after}: {len(different)} tensors differ, e.g. {different[:3]}"
+    assert not different, (
+        f"killed after checkpoints {killed_after}: {len(different)} tensors differ, e.g. {different[:3]}"
+    )
     assert not list(out.rglob(".*tmp*"))

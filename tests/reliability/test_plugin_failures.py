@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 import sassl_core.plugins as plugins_module
-from tests.pipeline.tiny import TINY
 from tests.fixtures.cli_runs import cli
+from tests.pipeline.tiny import TINY
 
 PLUGINS = {
     "raises_at_import": "raise ImportError(\"No module named 'missing_dependency'\")\n",
@@ -118,9 +118,13 @@ def test_console_script_with_the_distribution_installed(site):
     """The same through a fresh interpreter, where only the path makes the distribution visible."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))}
     env["SASSL_DISABLE_PLUGINS"] = "raises_at_import"
-    proc = subprocess.run([sys.executable, "-m", "sassl_core.cli", "plugins"], capture_output=True, text=True, env=env)
+    proc = subprocess.run(
+        [sys.executable, "-m", "sassl_core.app.cli", "plugins"], capture_output=True, text=True, env=env
+    )
     assert proc.returncode == 0, proc.stderr
     failed = sorted(line for line in proc.stdout.splitlines() if line.startswith("FAILED"))
-    assert failed == [f"FAILED bad_component ({DIST}): {EXPECTED_ERRORS['bad_component']}",
-                      f"FAILED hook_fails ({DIST}): {EXPECTED_ERRORS['hook_fails']}"]
+    assert failed == [
+        f"FAILED bad_component ({DIST}): {EXPECTED_ERRORS['bad_component']}",
+        f"FAILED hook_fails ({DIST}): {EXPECTED_ERRORS['hook_fails']}",
+    ]
     assert any(line.startswith(f"works ({DIST} 0.1) — ssl: thirdparty_ok") for line in proc.stdout.splitlines())

@@ -16,13 +16,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from sassl_core.backbone import TimmOptions, build_timm
-from sassl_core.checkpoint import load_checkpoint
 from sassl_core.errors import UserError
-from sassl_core.transfer import load_encoder_state
+from sassl_core.train.checkpoint import load_checkpoint, load_encoder_state
+from sassl_plugins.backbones.timm_backbones import TimmOptions, build_timm
 from sassl_plugins.datasets.camelyon16 import parse_asap
-from tests.pipeline.tiny import TINY
 from tests.fixtures.cli_runs import assert_user_error, cli
+from tests.pipeline.tiny import TINY
 
 
 class MarkerPayload:
@@ -61,7 +60,10 @@ def _unsafe_pickle_load(path: Path) -> None:
 @pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 @pytest.mark.parametrize(
     "write, unsafe_load",
-    [(_torch_payload, lambda path: torch.load(path, weights_only=False)), (_legacy_pickle_payload, _unsafe_pickle_load)],
+    [
+        (_torch_payload, lambda path: torch.load(path, weights_only=False)),
+        (_legacy_pickle_payload, _unsafe_pickle_load),
+    ],
     ids=["torch zip", "plain pickle"],
 )
 def test_payload_is_live_but_load_checkpoint_refuses_it(tmp_path, marker, write, unsafe_load):
@@ -130,12 +132,21 @@ def test_corrupt_safetensors_is_an_error(tmp_path):
 def test_yaml_config_cannot_run_code(tmp_path, marker):
     config = tmp_path / "evil.yaml"
     config.write_text(f"trainer:\n  seed: !!python/object/apply:os.system ['touch {marker}']\n")
-    assert_user_error(cli("pretrain", "--config", config, "--out", tmp_path / "run", *TINY), "evil.yaml: not valid YAML")
+    assert_user_error(
+        cli("pretrain", "--config", config, "--out", tmp_path / "run", *TINY), "evil.yaml: not valid YAML"
+    )
     assert not marker.exists()
 
 
 def test_yaml_override_cannot_run_code(tmp_path, marker):
-    result = cli("pretrain", "--out", tmp_path / "run", *TINY, "--set", f"trainer.seed=!!python/object/apply:os.system ['touch {marker}']")
+    result = cli(
+        "pretrain",
+        "--out",
+        tmp_path / "run",
+        *TINY,
+        "--set",
+        f"trainer.seed=!!python/object/apply:os.system ['touch {marker}']",
+    )
     assert_user_error(result, "config field trainer.seed")
     assert not marker.exists()
 

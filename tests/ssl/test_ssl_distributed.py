@@ -5,9 +5,9 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from sassl_core.method.adversary import StainAdversary
 from sassl_core.ssl.distributed import gather_with_grad, world_info
 from sassl_core.ssl.losses import nt_xent
-from sassl_core.stain.adversary import StainAdversary
 
 WORLD = 2
 ROWS = 4  # per process

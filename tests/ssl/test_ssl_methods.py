@@ -8,8 +8,8 @@ import torch.nn.functional as F
 from ssl_helpers import FEATURE_DIM, tiny_encoder
 
 from sassl_core import UserError
+from sassl_core.interfaces import SSLMethod
 from sassl_core.plugins import load_plugins
-from sassl_core.ssl import SSLMethod
 
 METHODS = ["simsiam", "moco", "byol", "simclr"]
 SMALL = {

@@ -30,7 +30,14 @@ def test_read_patch_resizes_by_area(blob_slide):
 
 def test_read_mask_matches_hand_made_labels(blob_slide, blob_mask_slide):
     for level, read_size in ((0, 128), (1, 64), (2, 32)):  # mask pyramid has levels 0 and 1 only
-        row = {"slide": str(blob_slide.path), "mask": str(blob_mask_slide), "x": 600, "y": 300, "level": level, "read_size": read_size}
+        row = {
+            "slide": str(blob_slide.path),
+            "mask": str(blob_mask_slide),
+            "x": 600,
+            "y": 300,
+            "level": level,
+            "read_size": read_size,
+        }
         labels = read_mask(row, 32)
         expected = np.where(blob_slide.tissue[300:428:4, 600:728:4], 2, 0)
         assert labels.shape == (32, 32) and set(np.unique(labels)) <= {0, 2}
@@ -43,8 +50,14 @@ def test_read_mask_matches_hand_made_labels(blob_slide, blob_mask_slide):
 
 def test_cache_round_trip_equals_direct_reads(tmp_path, table):
     seen = []
-    cache = PatchCache.build(table, tmp_path / "c", with_masks=True, workers=2, progress=lambda d, n: seen.append((d, n)))
-    assert len(cache) == len(table) and cache.images.shape == (len(table), 32, 32, 3) and cache.masks.shape == (len(table), 32, 32)
+    cache = PatchCache.build(
+        table, tmp_path / "c", with_masks=True, workers=2, progress=lambda d, n: seen.append((d, n))
+    )
+    assert (
+        len(cache) == len(table)
+        and cache.images.shape == (len(table), 32, 32, 3)
+        and cache.masks.shape == (len(table), 32, 32)
+    )
     assert seen[-1] == (len(table), len(table))
     for i in range(len(table)):
         row = table_row(table, i)

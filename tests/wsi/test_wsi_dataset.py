@@ -47,7 +47,9 @@ def test_batched_fetch_keeps_request_order(table, cache):
     batch = dataset.__getitems__(indices)
     assert [s["index"] for s in batch] == indices
     for s in batch:
-        assert torch.equal(s["image"], dataset[s["index"]]["image"]) and torch.equal(s["mask"], dataset[s["index"]]["mask"])
+        assert torch.equal(s["image"], dataset[s["index"]]["image"]) and torch.equal(
+            s["mask"], dataset[s["index"]]["mask"]
+        )
 
 
 @pytest.mark.parametrize("workers", [0, 2])

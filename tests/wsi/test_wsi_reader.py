@@ -84,7 +84,9 @@ def test_plain_images(tmp_path):
     assert np.array_equal(png.read(0, 0, 0, 40)[:, :40], pixels[:, :40])
     assert (png.read(0, 0, 0, 64)[40:] == 255).all()
     # an untiled TIFF with a centimetre resolution tag (4 px/µm^-1 -> 0.25 µm/px)
-    tifffile.imwrite(tmp_path / "patch.tif", pixels, photometric="rgb", resolution=(40000, 40000), resolutionunit="CENTIMETER")
+    tifffile.imwrite(
+        tmp_path / "patch.tif", pixels, photometric="rgb", resolution=(40000, 40000), resolutionunit="CENTIMETER"
+    )
     tif = open_slide(tmp_path / "patch.tif")
     assert tif.mpp == pytest.approx(0.25) and np.array_equal(tif.read(10, 5, 0, 8), pixels[5:13, 10:18])
     # a 72 dpi default is not a microscope resolution

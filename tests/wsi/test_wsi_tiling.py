@@ -27,7 +27,9 @@ def test_tiles_keep_tissue_only(blob_slide):
     assert fractions.min() > 0.3 and fractions.mean() > 0.9
     # every 64 px grid cell fully inside the blob is kept
     inside = sum(
-        blob_slide.tissue[y : y + 64, x : x + 64].all() for y in range(0, blob_slide.height - 63, 64) for x in range(0, blob_slide.width - 63, 64)
+        blob_slide.tissue[y : y + 64, x : x + 64].all()
+        for y in range(0, blob_slide.height - 63, 64)
+        for x in range(0, blob_slide.width - 63, 64)
     )
     assert len(rows) >= inside
     assert len({(r["x"], r["y"]) for r in rows}) == len(rows)
@@ -51,7 +53,9 @@ def test_overlap_and_max_patches(blob_slide):
 
 def test_image_smaller_than_patch_and_no_tissue(tmp_path, blob_slide):
     with open_slide(blob_slide.path) as reader:
-        with pytest.raises(UserError, match=r"blob.tiff: image \(1024x768\) is smaller than the patch \(512 px at 1 µm/px"):
+        with pytest.raises(
+            UserError, match=r"blob.tiff: image \(1024x768\) is smaller than the patch \(512 px at 1 µm/px"
+        ):
             tile_slide(reader, 512, target_mpp=1.0)
         with pytest.raises(UserError, match="blob.tiff: no tissue found"):
             tile_slide(reader, 32, tissue_threshold=1.01)

@@ -5,7 +5,6 @@ It adds the SSL method ``barlow_twins`` and the task ``ordinal``.
 """
 
 import sassl_core
-
 from sassl_example_plugin.barlow_twins import BarlowTwinsOptions, build_barlow_twins
 from sassl_example_plugin.ordinal import OrdinalOptions, build_ordinal
 

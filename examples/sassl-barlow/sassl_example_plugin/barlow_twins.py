@@ -11,7 +11,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from sassl_core.ssl import SSLMethod, SSLOutput
+from sassl_core.interfaces import SSLMethod, SSLOutput
 from sassl_core.ssl.distributed import gather_with_grad
 from sassl_core.ssl.mlp import build_mlp
 

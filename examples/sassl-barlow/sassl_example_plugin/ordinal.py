@@ -10,7 +10,7 @@ quadratic weighted kappa (§4.2), which rewards exactly this kind of near-miss-a
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -19,9 +19,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from sassl_core.errors import UserError
+from sassl_core.interfaces import TaskHead
 from sassl_core.metrics import classification_metrics
 from sassl_core.ssl.mlp import build_mlp
-from sassl_core.tasks import TaskHead
 
 
 class OrdinalOptions(BaseModel):

@@ -1,0 +1,354 @@
+"""``sassl bench stain-shift``: SASSL against stain normalisation under a centre shift.
+
+The paper's Table 1 compares SASSL with stain-normalisation baselines applied before a plain SSL
+pipeline; Tables 2-7 ablate SASSL and residual learning (RL) across SSL methods and backbones.
+Here one centre of a multi-centre dataset (the synthetic one by default) is held out: pretraining
+uses the training slides of the other centres, fine-tuning their labelled patches, and the
+held-out centre is the test split ("shifted"). The validation slides of the training centres
+give the "in-domain" score. Every arm runs the same seeds with the same budget:
+
+* ``ssl`` — plain SSL (``sassl.enabled = False``);
+* ``ssl+<normaliser>`` — plain SSL with a stain transform plugin fitted on a training-centre
+  image (``stain_target.png``, a mosaic of training patches) applied to every batch;
+* ``sassl`` — SASSL (``sassl+<normaliser>`` combines both);
+
+crossed with the ablation axes ``--sassl``, ``--rl``, ``--ssl`` and ``--backbone``. Each run
+lives in ``<out>/<arm>/seed<k>/``; ``bench.json`` and ``bench.md`` hold mean ± standard
+deviation (sample, ``ddof = 1``) of accuracy and QWK over the seeds, and of the centre probe
+(:mod:`sassl_core.app.probe`): how well the pretrained encoder's features still tell the
+centres apart.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import re
+import shutil
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from sassl_core.app import api
+from sassl_core.app.probe import centre_probe
+from sassl_core.config import RunConfig, deep_merge, validate
+from sassl_core.errors import UserError
+from sassl_core.interfaces import PreparedData
+from sassl_core.metrics import classification_metrics
+from sassl_core.plugins import PluginSet, default_plugins
+from sassl_core.train.checkpoint import atomic_write, load_checkpoint
+from sassl_core.train.data import patch_dataset, prepare_dataset
+from sassl_core.train.evaluate import compute_metrics, predict, write_metrics
+from sassl_core.train.finetune import build_downstream
+from sassl_core.train.runtime import Runtime, init_runtime
+
+RESULT_FILE = "bench_result.json"
+TARGET_FILE = "stain_target.png"
+TARGET_TILES = 4  # the stain target is a TARGET_TILES × TARGET_TILES mosaic of training patches
+
+_RUN_DEFAULTS = {"output": {"quiet": True, "tensorboard": False}, "trainer": {"checkpoint_every": 100000}}
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One row of the table: how stain variation is handled, and the ablation axes."""
+
+    name: str
+    ssl: str
+    backbone: str
+    sassl: bool
+    stain_norm: str | None
+    residual: bool
+
+    def overrides(self) -> dict:
+        """The config fields this arm sets (nested, for :func:`deep_merge`)."""
+        return {
+            "ssl": {"method": self.ssl},
+            "backbone": {"name": self.backbone},
+            "sassl": {"enabled": self.sassl},
+            "task": {"residual": self.residual},
+            "data": {"stain_norm": self.stain_norm},
+        }
+
+
+def parse_arm(token: str, normalisers: Sequence[str]) -> tuple[bool, str | None]:
+    """``ssl`` | ``sassl`` | ``<normaliser>`` | ``ssl+<normaliser>`` | ``sassl+<normaliser>``
+    → (SASSL on, normaliser)."""
+    head, _, norm = token.strip().partition("+")
+    if head not in ("ssl", "sassl"):
+        head, norm = "ssl", token.strip()
+    if norm and norm not in normalisers:
+        raise UserError(
+            f"--arms: unknown arm '{token}'; expected ssl, sassl or a stain normaliser ({', '.join(normalisers)})"
+        )
+    return head == "sassl", norm or None
+
+
+def _safe(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.+-]", "_", text)
+
+
+def expand_arms(
+    base_cfg: RunConfig,
+    arms: Sequence[str],
+    normalisers: Sequence[str],
+    sassl: Sequence[bool] | None = None,
+    rl: Sequence[bool] | None = None,
+    ssl_methods: Sequence[str] | None = None,
+    backbones: Sequence[str] | None = None,
+) -> list[Arm]:
+    """The cross product of the stain arms with the ablation axes, in a stable order, no repeats.
+
+    ``sassl`` (e.g. ``(False, True)``) replaces each arm's own SASSL choice; ``rl`` likewise
+    for residual learning (default: ``task.residual`` of the base config). An axis with several
+    values adds them to the arm names (``-norl`` marks "w/o RL" always).
+    """
+    stain = [parse_arm(a, normalisers) for a in arms]
+    if sassl is not None:
+        stain = [(on, norm) for _, norm in stain for on in sassl]
+    methods = list(ssl_methods or [base_cfg.ssl.method])
+    nets = list(backbones or [base_cfg.backbone.name])
+    residuals = tuple(rl) if rl is not None else (base_cfg.task.residual,)
+    out: dict[str, Arm] = {}
+    for method, net, residual, (on, norm) in itertools.product(methods, nets, residuals, stain):
+        parts = [("sassl" if on else "ssl") + (f"+{norm}" if norm else "")]
+        parts += [method] if len(methods) > 1 else []
+        parts += [net] if len(nets) > 1 else []
+        parts += [] if residual else ["norl"]
+        name = _safe("-".join(parts))
+        out.setdefault(name, Arm(name, method, net, on, norm, residual))
+    return list(out.values())
+
+
+def write_stain_target(cfg: RunConfig, plugins: PluginSet, path: Path) -> Path:
+    """A mosaic of patches from the first training slide: the normalisers' fitting target."""
+    train = prepare_dataset(cfg, plugins).patches.split("train")
+    if len(train) == 0:
+        raise UserError(f"dataset '{cfg.data.dataset}': no training patches to take a stain target from")
+    first_slide = sorted(set(train["slide_id"].astype(str)))[0]
+    table = train.select(np.flatnonzero(train["slide_id"].astype(str) == first_slide)[: TARGET_TILES**2])
+    dataset = patch_dataset(cfg, table, with_masks=False, quiet=True)
+    tiles = [np.asarray(dataset[i]["image"]) for i in range(len(table))]
+    tiles += [tiles[i % len(tiles)] for i in range(TARGET_TILES**2 - len(tiles))]
+    rows = [np.concatenate(tiles[r * TARGET_TILES : (r + 1) * TARGET_TILES], axis=1) for r in range(TARGET_TILES)]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.concatenate(rows, axis=0).astype(np.uint8)).save(path)
+    return path
+
+
+def accuracy_by_source(predictions) -> dict[str, float]:
+    """Accuracy per data source (centre) of a classification :class:`Predictions`."""
+    sources = predictions.table["source"].astype(str)
+    k = predictions.predictions.shape[1]
+    return {
+        s: classification_metrics(
+            predictions.predictions[sources == s], predictions.targets[sources == s], num_classes=k
+        )["accuracy"]
+        for s in sorted(set(sources))
+    }
+
+
+def evaluate_in_domain(
+    cfg: RunConfig, plugins: PluginSet, prepared: PreparedData, run_dir: Path, rt: Runtime
+) -> tuple[dict, dict[str, float]] | None:
+    """Metrics of a finished run's fine-tuned model on the training centres' validation split.
+
+    Writes ``metrics_in_domain.json``; ``None`` when the dataset has no validation patches.
+    """
+    split = prepared.patches["split"]
+    if not (split == "val").any():
+        return None
+    model = build_downstream(cfg, plugins, prepared, None).to(rt.device)
+    model.load_state_dict(load_checkpoint(run_dir / "checkpoints" / "finetune_last.pt")["modules"]["model"])
+    val = replace(prepared, patches=prepared.patches.select(split == "val"))
+    predictions = predict(cfg, model, val, rt)
+    metrics = compute_metrics(cfg, model, predictions)
+    write_metrics(metrics, run_dir / "metrics_in_domain.json")
+    return metrics, accuracy_by_source(predictions)
+
+
+def run_arm(cfg: RunConfig, plugins: PluginSet, keep_checkpoints: bool) -> dict:
+    """One (arm, seed): pretrain → fine-tune → shifted test metrics, then in-domain metrics."""
+    result = api.run(cfg, plugins)
+    shifted = result.metrics["metrics"]
+    record = {
+        "seed": cfg.trainer.seed,
+        "shifted": {"accuracy": shifted["accuracy"], "qwk": shifted["qwk"]},
+        "per_centre": {},
+        "config": cfg.model_dump(mode="json"),
+    }
+    prepared, rt = prepare_dataset(cfg, plugins), init_runtime(cfg.trainer.device)
+    encoder = result.encoder_path  # None when the arm does not pretrain
+    record["centre_probe"] = centre_probe(cfg, plugins, prepared.patches, encoder, rt) if encoder else None
+    in_domain = evaluate_in_domain(cfg, plugins, prepared, result.run_dir, rt)
+    if in_domain is not None:
+        metrics, by_centre = in_domain
+        record["in_domain"] = {"accuracy": metrics["metrics"]["accuracy"], "qwk": metrics["metrics"]["qwk"]}
+        record["per_centre"].update(by_centre)
+    held_out = list(shifted.get("qwk_by_source", {}))
+    if len(held_out) == 1:  # the test split is the held-out centre: its accuracy is the shifted one
+        record["per_centre"][held_out[0]] = shifted["accuracy"]
+    if not keep_checkpoints:
+        shutil.rmtree(result.run_dir / "checkpoints", ignore_errors=True)
+    atomic_write(result.run_dir / RESULT_FILE, lambda tmp: Path(tmp).write_text(json.dumps(record, indent=1) + "\n"))
+    return record
+
+
+def _finished(run_dir: Path, cfg: RunConfig) -> dict | None:
+    """The result of an earlier identical run in ``run_dir`` (the benchmark resumes), if any."""
+    try:
+        record = json.loads((run_dir / RESULT_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return record if record.get("config") == cfg.model_dump(mode="json") else None
+
+
+def mean_std(values: Sequence[float | None]) -> dict | None:
+    """``{"mean", "std", "n"}`` with the sample standard deviation (0 for a single value)."""
+    vals = np.array([v for v in values if v is not None], dtype=np.float64)
+    if len(vals) == 0:
+        return None
+    std = float(vals.std(ddof=1)) if len(vals) > 1 else 0.0
+    return {"mean": float(vals.mean()), "std": std, "n": int(len(vals))}
+
+
+def summarise(runs: list[dict]) -> dict:
+    """Mean ± std over seeds of shifted/in-domain accuracy and QWK, and of accuracy per centre."""
+    centres = sorted({c for r in runs for c in r["per_centre"]})
+    summary = {
+        f"{where}_{metric}": mean_std([r.get(where, {}).get(metric) for r in runs])
+        for where in ("shifted", "in_domain")
+        for metric in ("accuracy", "qwk")
+    }
+    summary["per_centre_accuracy"] = {c: mean_std([r["per_centre"].get(c) for r in runs]) for c in centres}
+    probes = [r.get("centre_probe") or {} for r in runs]
+    summary["centre_probe_accuracy"] = mean_std([p.get("accuracy") for p in probes])
+    summary["centre_probe_majority"] = mean_std([p.get("majority") for p in probes])
+    return summary
+
+
+def stain_shift_benchmark(
+    base_cfg: RunConfig,
+    out_dir: Path,
+    seeds: list[int],
+    arms: list[str],
+    test_centre: int,
+    *,
+    sassl: Sequence[bool] | None = None,
+    rl: Sequence[bool] | None = None,
+    ssl_methods: list[str] | None = None,
+    backbones: list[str] | None = None,
+    keep_checkpoints: bool = False,
+    plugins: PluginSet | None = None,
+    log=print,
+) -> dict:
+    """Run every arm × seed with ``test_centre`` held out; write ``bench.json`` and ``bench.md``.
+
+    Finished runs found in ``out_dir`` with an identical config are reused, so an interrupted
+    benchmark continues where it stopped. Returns the content of ``bench.json``.
+    """
+    if not seeds:
+        raise UserError("--seeds: expected at least one seed")
+    if base_cfg.task.name != "cls":
+        raise UserError(
+            f"task.name: the stain-shift benchmark scores classification (accuracy, QWK), expected 'cls', found {base_cfg.task.name!r}"
+        )
+    plugins = plugins or default_plugins()
+    out_dir = Path(out_dir)
+    base = deep_merge(base_cfg.model_dump(mode="json"), {"data": {"options": {"test_centre": test_centre}}})
+    base = deep_merge(base, _RUN_DEFAULTS)
+    base["output"]["overwrite"], base["output"]["resume"] = True, False
+    target_cfg = validate(deep_merge(base, {"trainer": {"seed": seeds[0]}}))
+    table_arms = expand_arms(target_cfg, arms, plugins["stain"].names(), sassl, rl, ssl_methods, backbones)
+    target = None
+    if any(a.stain_norm for a in table_arms):
+        target = write_stain_target(target_cfg, plugins, out_dir / TARGET_FILE)
+    rows = []
+    for arm in table_arms:
+        runs = []
+        for seed in seeds:
+            run_dir = out_dir / arm.name / f"seed{seed}"
+            fields = {
+                "trainer": {"seed": seed},
+                "output": {"dir": str(run_dir)},
+                "data": {"stain_target": str(target) if arm.stain_norm else None},
+            }
+            cfg = validate(deep_merge(deep_merge(base, arm.overrides()), fields))
+            record = _finished(run_dir, cfg) or run_arm(cfg, plugins, keep_checkpoints)
+            runs.append(
+                {k: v for k, v in record.items() if k != "config"} | {"run_dir": str(run_dir.relative_to(out_dir))}
+            )
+            log(
+                f"{arm.name} seed {seed}: shifted accuracy {record['shifted']['accuracy']:.4f}, qwk {record['shifted']['qwk']:.4f}"
+                + (f"; in-domain accuracy {record['in_domain']['accuracy']:.4f}" if "in_domain" in record else "")
+                + (f"; centre probe {record['centre_probe']['accuracy']:.4f}" if record.get("centre_probe") else "")
+            )
+        rows.append(asdict(arm) | {"runs": runs, "summary": summarise(runs)})
+    report = {
+        "benchmark": "stain-shift",
+        "dataset": target_cfg.data.dataset,
+        "test_centre": test_centre,
+        "seeds": list(seeds),
+        "stain_target": TARGET_FILE if target else None,
+        "budget": {
+            "image_size": target_cfg.data.image_size,
+            "pretrain_steps": target_cfg.pretrain.steps,
+            "finetune_steps": target_cfg.finetune.steps,
+            "batch_size": target_cfg.pretrain.batch_size,
+        },
+        "arms": rows,
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write(out_dir / "bench.json", lambda tmp: Path(tmp).write_text(json.dumps(report, indent=1) + "\n"))
+    (out_dir / "bench.md").write_text(render_markdown(report))
+    return report
+
+
+def _cell(stat: dict | None) -> str:
+    return "–" if stat is None else f"{stat['mean']:.3f} ± {stat['std']:.3f}"
+
+
+def _probe_cell(summary: dict) -> str:
+    acc, floor = summary.get("centre_probe_accuracy"), summary.get("centre_probe_majority")
+    return _cell(acc) + (f" ({floor['mean']:.2f})" if acc and floor else "")
+
+
+def render_markdown(report: dict) -> str:
+    """The table of ``bench.json`` in the shape of the paper's Table 1 (one row per arm)."""
+    b = report["budget"]
+    lines = [
+        f"# Stain-shift benchmark: centre {report['test_centre']} held out",
+        "",
+        f"Dataset `{report['dataset']}`, seeds {', '.join(map(str, report['seeds']))} (mean ± sample std), "
+        f"{b['image_size']} px, {b['pretrain_steps']} pretraining + {b['finetune_steps']} fine-tuning steps, batch {b['batch_size']}. "
+        "Shifted = the held-out centre (test split); in-domain = validation slides of the training centres. "
+        "Centre probe = held-out accuracy of a linear probe predicting the centre from the pretrained encoder's "
+        "features (lower = more stain-invariant; the floor is the majority share in brackets).",
+        "",
+        "| arm | SSL | backbone | SASSL | stain norm | RL | shifted acc | shifted QWK | in-domain acc | in-domain QWK "
+        "| centre probe acc |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in report["arms"]:
+        s = row["summary"]
+        lines.append(
+            f"| {row['name']} | {row['ssl']} | {row['backbone']} | {'yes' if row['sassl'] else 'no'} | {row['stain_norm'] or '–'} | "
+            f"{'yes' if row['residual'] else 'no'} | {_cell(s['shifted_accuracy'])} | {_cell(s['shifted_qwk'])} | "
+            f"{_cell(s['in_domain_accuracy'])} | {_cell(s['in_domain_qwk'])} | {_probe_cell(s)} |"
+        )
+    centres = sorted({c for row in report["arms"] for c in row["summary"]["per_centre_accuracy"]})
+    if centres:
+        lines += [
+            "",
+            "Accuracy per centre:",
+            "",
+            "| arm | " + " | ".join(centres) + " |",
+            "|---|" + "---|" * len(centres),
+        ]
+        for row in report["arms"]:
+            per = row["summary"]["per_centre_accuracy"]
+            lines.append(f"| {row['name']} | " + " | ".join(_cell(per.get(c)) for c in centres) + " |")
+    return "\n".join(lines) + "\n"

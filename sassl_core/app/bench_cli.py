@@ -1,0 +1,165 @@
+"""The command line of ``sassl bench stain-shift`` (see :mod:`sassl_core.app.bench`).
+
+Kept apart from the benchmark so that building the ``sassl`` parser imports no torch: the
+benchmark is imported only when the command runs. Config order: ``--preset`` → ``--config``
+files → flags → ``--set``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from sassl_core.config import RunConfig, deep_merge, parse_override, read_yaml, validate
+from sassl_core.errors import UserError
+
+_SYNTHETIC_SMALL = {
+    "centres": 3,
+    "slides_per_centre": 4,
+    "slide_size": 768,
+    "regions": 4,
+    "stain_shift": 1.0,
+    "seed": 0,
+}
+PRESETS: dict[str, dict] = {
+    # 3 seeds × 4 arms: about 14 minutes on a shared 2-core CPU (OMP_NUM_THREADS=1)
+    "cpu-small": {
+        "data": {"image_size": 48, "max_per_slide": 32, "options": _SYNTHETIC_SMALL},
+        "backbone": {"name": "resnet18"},
+        "ssl": {"method": "simsiam", "options": {"proj_dim": 128, "proj_hidden_dim": 256}},
+        "sassl": {"hidden_dim": 64},
+        "pretrain": {"steps": 40, "batch_size": 16, "sources_per_batch": 4},
+        "finetune": {"steps": 40, "batch_size": 16},
+        "trainer": {"device": "cpu"},
+    },
+    "gpu": {
+        "data": {
+            "image_size": 128,
+            "max_per_slide": 100,
+            "options": {
+                "centres": 4,
+                "slides_per_centre": 8,
+                "slide_size": 2048,
+                "regions": 8,
+                "stain_shift": 1.0,
+                "seed": 0,
+            },
+        },
+        "backbone": {"name": "resnet18"},
+        "ssl": {"method": "simsiam"},
+        "pretrain": {"steps": 1000, "batch_size": 128, "sources_per_batch": 8, "optim": {"warmup_steps": 50}},
+        "finetune": {"steps": 500, "batch_size": 128},
+        "trainer": {"device": "cuda"},
+    },
+}
+SWITCH = {"on": (True,), "off": (False,), "both": (False, True)}
+
+
+def _csv(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def _seeds(text: str) -> list[int]:
+    try:
+        return [int(t) for t in _csv(text)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, found {text!r}") from None
+
+
+def add_bench_parser(sub) -> None:
+    """Add ``bench stain-shift`` to the ``sassl`` sub-command parsers ``sub``."""
+    bench = sub.add_parser("bench", help="benchmarks: stain shift vs stain normalisation, ablations")
+    kinds = bench.add_subparsers(dest="bench", required=True)
+    p = kinds.add_parser("stain-shift", help="hold a centre out; compare SSL, SSL + stain normalisation and SASSL")
+    a = p.add_argument
+    a("--preset", choices=sorted(PRESETS), help="starting config (cpu-small: ~15 min on 2 CPU cores)")
+    a(
+        "--config",
+        action="append",
+        default=[],
+        type=Path,
+        metavar="FILE",
+        help="YAML config (repeatable, after the preset)",
+    )
+    a("--set", action="append", default=[], metavar="KEY=VALUE", help="override any config field")
+    a("--seeds", type=_seeds, default=[0, 1, 2], help="comma-separated seeds (default 0,1,2)")
+    a(
+        "--arms",
+        type=_csv,
+        default=["ssl", "reinhard", "macenko", "sassl"],
+        help="ssl, sassl, <normaliser>, sassl+<normaliser> (default ssl,reinhard,macenko,sassl)",
+    )
+    a("--sassl", choices=sorted(SWITCH), help="SASSL on every arm: on, off or both (replaces the arms' own)")
+    a("--rl", choices=sorted(SWITCH), help="residual learning: on, off or both")
+    a("--ssl", type=_csv, help="SSL methods, comma-separated (an ablation axis)")
+    a("--backbone", type=_csv, help="backbones, comma-separated (an ablation axis)")
+    a("--test-centre", type=int, default=0, help="centre held out as the shifted test set (default 0)")
+    a("--steps", type=int, help="pretraining steps")
+    a("--finetune-steps", type=int, help="fine-tuning steps")
+    a("--image-size", type=int, help="patch side in pixels")
+    a("--device", choices=["auto", "cpu", "cuda"])
+    a("--keep-checkpoints", action="store_true", help="keep every run's checkpoints (large)")
+    a("--quiet", action="store_true", help="no progress lines")
+    a("--out", type=Path, required=True, help="benchmark folder")
+
+
+def bench_config(args: argparse.Namespace) -> RunConfig:
+    """Preset → ``--config`` files → flags → ``--set``, validated once."""
+    merged = dict(PRESETS.get(args.preset, {}))
+    for path in args.config:
+        merged = deep_merge(merged, read_yaml(path))
+    flags = {
+        ("pretrain", "steps"): args.steps,
+        ("finetune", "steps"): args.finetune_steps,
+        ("data", "image_size"): args.image_size,
+        ("trainer", "device"): args.device,
+    }
+    for (section, key), value in flags.items():
+        if value is not None:
+            merged = deep_merge(merged, {section: {key: value}})
+    for text in args.set:
+        merged = deep_merge(merged, parse_override(text))
+    return validate(merged)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    """``sassl bench stain-shift``: run the benchmark, print the table."""
+    from sassl_core.app.bench import render_markdown, stain_shift_benchmark
+    from sassl_core.plugins import default_plugins
+
+    plugins = default_plugins()
+    for failure in plugins.failures:
+        print(f"warning: {failure.message()}", file=sys.stderr)
+    report = stain_shift_benchmark(
+        bench_config(args),
+        args.out,
+        args.seeds,
+        args.arms,
+        args.test_centre,
+        sassl=SWITCH.get(args.sassl),
+        rl=SWITCH.get(args.rl),
+        ssl_methods=args.ssl,
+        backbones=args.backbone,
+        keep_checkpoints=args.keep_checkpoints,
+        plugins=plugins,
+        log=(lambda line: None) if args.quiet else (lambda line: print(line, flush=True)),
+    )
+    if not args.quiet:
+        print(render_markdown(report))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m sassl_core.app.bench_cli stain-shift ...`` (the same as ``sassl bench stain-shift``)."""
+    parser = argparse.ArgumentParser(prog="sassl")
+    add_bench_parser(parser.add_subparsers(dest="command", required=True))
+    try:
+        return cmd_bench(parser.parse_args(["bench", *(argv if argv is not None else sys.argv[1:])]))
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,136 @@
+"""Run outputs for people: loss-curve, confusion-matrix, scatter and overlay PNGs and ``report.md``."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from sassl_core.config import RunConfig  # noqa: E402
+from sassl_core.metrics import confusion_matrix  # noqa: E402
+from sassl_core.train.evaluate import Predictions  # noqa: E402
+
+CURVE_KEYS = ("L_ssl", "L_D", "a_same", "a_diff", "loss")
+
+
+def read_history(run_dir: Path, stage: str) -> list[dict]:
+    path = Path(run_dir) / f"history_{stage}.csv"
+    if not path.exists():
+        return []
+    with open(path) as fh:
+        return [{k: float(v) for k, v in row.items() if v != ""} for row in csv.DictReader(fh)]
+
+
+def _save(fig, path: Path) -> None:
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_curves(rows: list[dict], title: str, path: Path) -> bool:
+    keys = [k for k in CURVE_KEYS if any(k in r for r in rows)]
+    if not keys:
+        return False
+    fig, axes = plt.subplots(1, len(keys), figsize=(3.2 * len(keys), 2.8), squeeze=False)
+    for ax, key in zip(axes[0], keys):
+        pts = [(r["step"], r[key]) for r in rows if key in r]
+        ax.plot(*zip(*pts), lw=1)
+        ax.set_title(key)
+        ax.set_xlabel("step")
+    fig.suptitle(title)
+    _save(fig, path)
+    return True
+
+
+def plot_confusion(pred: Predictions, class_names: list[str], path: Path) -> None:
+    k = len(class_names)
+    matrix = confusion_matrix(pred.targets, pred.predictions.argmax(1), k)
+    fig, ax = plt.subplots(figsize=(1 + 0.6 * k, 1 + 0.6 * k))
+    ax.imshow(matrix, cmap="Blues")
+    for (i, j), v in np.ndenumerate(matrix):
+        ax.text(j, i, str(v), ha="center", va="center", fontsize=8)
+    ax.set_xticks(range(k), class_names, rotation=45, ha="right")
+    ax.set_yticks(range(k), class_names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    _save(fig, path)
+
+
+def plot_scatter(pred: Predictions, path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(3.5, 3.5))
+    ax.scatter(pred.targets, pred.predictions, s=6, alpha=0.6)
+    ax.plot([0, 1], [0, 1], "k--", lw=0.8)
+    ax.set_xlabel("true")
+    ax.set_ylabel("predicted")
+    _save(fig, path)
+
+
+def plot_overlays(pred: Predictions, path: Path) -> None:
+    n = len(pred.images)
+    fig, axes = plt.subplots(2, n, figsize=(1.6 * n, 3.4), squeeze=False)
+    for i in range(n):
+        for row, (mask, colour) in enumerate(((pred.targets[i], "lime"), (pred.predictions[i], "red"))):
+            ax = axes[row][i]
+            ax.imshow(pred.images[i])
+            ax.contour(mask > 0, levels=[0.5], colors=colour, linewidths=0.8)
+            ax.axis("off")
+    axes[0][0].set_title("truth", fontsize=8, loc="left")
+    axes[1][0].set_title("prediction", fontsize=8, loc="left")
+    _save(fig, path)
+
+
+def task_plot(pred: Predictions, target_kind: str, class_names: list[str], run_dir: Path) -> str:
+    """The picture for the head's kind of target; returns its file name."""
+    if target_kind == "label":
+        plot_confusion(pred, class_names, run_dir / "confusion_matrix.png")
+        return "confusion_matrix.png"
+    if target_kind == "target":
+        plot_scatter(pred, run_dir / "scatter.png")
+        return "scatter.png"
+    plot_overlays(pred, run_dir / "overlays.png")
+    return "overlays.png"
+
+
+def _fmt(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    if isinstance(value, list):
+        return ", ".join(_fmt(v) for v in value)
+    if isinstance(value, dict):
+        return "; ".join(f"{k}: {_fmt(v)}" for k, v in value.items())
+    return str(value)
+
+
+def write_report(cfg: RunConfig, metrics: dict, run_dir: Path, images: list[str]) -> Path:
+    lines = [
+        f"# sassl run: {cfg.ssl.method}{' (SASSL)' if cfg.sassl.enabled else ''} → {cfg.task.name}",
+        "",
+        f"Dataset `{cfg.data.dataset}`, backbone `{cfg.backbone.name}`, image size {cfg.data.image_size} px, "
+        f"residual learning {'on' if cfg.task.residual else 'off (w/o RL)'}, "
+        f"{cfg.pretrain.steps} pretraining + {cfg.finetune.steps} fine-tuning steps, seed {cfg.trainer.seed}.",
+        "",
+        f"## Metrics ({metrics.get('split')} split, {metrics.get('n_patches')} patches)",
+        "",
+        "| metric | value |",
+        "|---|---|",
+        *[f"| {k} | {_fmt(v)} |" for k, v in metrics["metrics"].items()],
+    ]
+    if "slide_metrics" in metrics:
+        lines += [
+            "",
+            f"Slide level ({metrics['n_slides']} slides, mean patch probability):",
+            "",
+            "| metric | value |",
+            "|---|---|",
+        ]
+        lines += [f"| {k} | {_fmt(v)} |" for k, v in metrics["slide_metrics"].items()]
+    lines += ["", "## Figures", ""] + [f"![{name}]({name})" for name in images]
+    lines += ["", "## Configuration", "", "The full resolved configuration is in `config.yaml`.", ""]
+    path = Path(run_dir) / "report.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path

@@ -1,0 +1,87 @@
+"""Evaluation: predictions on held-out patches and the paper's metrics (§4.2) in ``metrics.json``."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from sassl_core.config import RunConfig
+from sassl_core.errors import UserError
+from sassl_core.interfaces import PreparedData
+from sassl_core.metrics import aggregate_by_slide
+from sassl_core.train.checkpoint import atomic_write
+from sassl_core.train.data import patch_dataset, sequential_batches, to_device
+from sassl_core.train.finetune import TARGET_COLUMN, DownstreamModel, labelled
+from sassl_core.train.runtime import Runtime, autocast
+from sassl_core.wsi.dataset import make_loader
+from sassl_core.wsi.patches import PatchTable
+
+
+@dataclass
+class Predictions:
+    split: str
+    table: PatchTable
+    predictions: np.ndarray  # probabilities (cls), values (reg) or class maps (seg)
+    targets: np.ndarray
+    images: np.ndarray  # a few input patches, for overlays
+
+
+def evaluation_split(table: PatchTable) -> str:
+    for split in ("test", "val"):
+        if (table["split"] == split).any():
+            return split
+    raise UserError("the dataset has no 'test' or 'val' patches to evaluate on")
+
+
+@torch.no_grad()
+def predict(
+    cfg: RunConfig, model: DownstreamModel, prepared: PreparedData, rt: Runtime, keep_images: int = 8
+) -> Predictions:
+    split = evaluation_split(prepared.patches)
+    kind = model.head.target_kind
+    table = labelled(prepared.patches.split(split), kind)
+    if len(table) == 0:
+        raise UserError(f"no labelled '{split}' patches for task '{cfg.task.name}'")
+    dataset = patch_dataset(cfg, table, with_masks=kind == "mask", quiet=True)
+    order = sequential_batches(len(table), cfg.finetune.batch_size)
+    model.eval()
+    preds, targets, images = [], [], []
+    for batch in make_loader(dataset, batch_sampler=order, num_workers=cfg.data.num_workers):
+        batch = to_device(batch, rt.device)
+        with autocast(rt.device, cfg.trainer.amp):
+            output = model(batch["image"])
+        preds.append(model.head.predict(output.float()).cpu().numpy())
+        targets.append(batch[TARGET_COLUMN[kind]].cpu().numpy())
+        if sum(len(i) for i in images) < keep_images:
+            images.append(batch["image"].cpu().numpy())
+    return Predictions(
+        split, table, np.concatenate(preds), np.concatenate(targets), np.concatenate(images)[:keep_images]
+    )
+
+
+def compute_metrics(cfg: RunConfig, model: DownstreamModel, result: Predictions) -> dict:
+    """``{"task", "split", "metrics", ["slide_metrics"]}`` as written to ``metrics.json``."""
+    sources = result.table["source"].astype(str)
+    out = {
+        "task": cfg.task.name,
+        "split": result.split,
+        "n_patches": int(len(result.table)),
+        "metrics": model.head.metrics(result.predictions, result.targets, sources),
+    }
+    if model.head.target_kind == "label" and cfg.task.slide_aggregation == "mean":
+        slides = result.table["slide_id"].astype(str)
+        names, probs = aggregate_by_slide(slides, result.predictions)
+        first = np.array([np.flatnonzero(slides == s)[0] for s in names])
+        slide_labels = all(len(np.unique(result.targets[slides == s])) == 1 for s in names)
+        if len(names) < len(slides) and slide_labels:  # slide-level labels (PANDA, TCGA)
+            out["slide_metrics"] = model.head.metrics(probs, result.targets[first], sources[first])
+            out["n_slides"] = int(len(names))
+    return out
+
+
+def write_metrics(metrics: dict, path: Path) -> None:
+    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(metrics, indent=2) + "\n"))

@@ -1,0 +1,171 @@
+"""Stage 1: stain-adaptive self-supervised pretraining (paper §3.1-3.2, Fig. 1).
+
+Each step draws a slide-balanced batch, makes two views on the device, runs the SSL method
+(any registered one), then alternates GAN-style: a stain-discriminator step on detached
+embeddings (``L_D``, Eq. 6), then a generator step on ``L_G = L_ssl − λ(a_same + a_diff)``
+(Eq. 5) with the discriminator frozen. ``sassl.enabled = False`` is the plain SSL baseline with
+everything else identical.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from sassl_core.config import RunConfig
+from sassl_core.errors import UserError
+from sassl_core.interfaces import PreparedData, SSLOutput
+from sassl_core.method.adversary import StainAdversary
+from sassl_core.method.sampler import SourceBalancedBatchSampler
+from sassl_core.plugins import PluginSet
+from sassl_core.train.backbone import create_backbone, pooled_dim
+from sassl_core.train.checkpoint import export_encoder
+from sassl_core.train.data import batch_stream, patch_dataset, source_ids, to_device
+from sassl_core.train.optim import build_optimizer, warmup_cosine
+from sassl_core.train.runtime import Runtime, autocast, prepare_model
+from sassl_core.train.stain_norm import build_stain_norm
+from sassl_core.train.trainer import Phase, Program, Trainer
+from sassl_core.train.views import ViewGenerator, ViewOptions
+
+ENCODER_FILE = "encoder.safetensors"
+
+
+@dataclass
+class PretrainResult:
+    encoder_path: Path
+    history: list[dict]
+
+
+def build_ssl_model(cfg: RunConfig, plugins: PluginSet) -> torch.nn.Module:
+    encoder = create_backbone(plugins, cfg.backbone.name, cfg.backbone.options, cfg.data.image_size)
+    return plugins["ssl"].create(cfg.ssl.method, cfg.ssl.options, encoder=encoder, feature_dim=pooled_dim(encoder))
+
+
+def adversary_inputs(out: SSLOutput, embedding: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The two views' embeddings the stain discriminator reads (``sassl.embedding``)."""
+    return (out.h1, out.h2) if embedding == "encoder" else (out.s1, out.s2)
+
+
+def _embedding_dim(cfg: RunConfig, model: torch.nn.Module, device: torch.device) -> int:
+    probe = torch.zeros(2, 3, cfg.data.image_size, cfg.data.image_size, device=device)
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        s1, _ = adversary_inputs(model(probe, probe), cfg.sassl.embedding)
+    model.train(was_training)
+    if s1 is None:
+        raise UserError(
+            f"sassl.embedding: ssl method '{cfg.ssl.method}' does not return its encoder features "
+            "(SSLOutput.h1/h2); expected 'projector' for it"
+        )
+    return int(s1.shape[1])
+
+
+def balanced_sampler(cfg: RunConfig, ids, rt: Runtime) -> SourceBalancedBatchSampler:
+    if cfg.pretrain.batch_size > len(ids):
+        raise UserError(
+            f"pretrain.batch_size: expected at most {len(ids)} (the training patches), found {cfg.pretrain.batch_size}"
+        )
+    k = min(cfg.pretrain.sources_per_batch, int(ids.max()) + 1)
+    m = cfg.pretrain.batch_size // k
+    if m < 2:
+        raise UserError(
+            f"pretrain.batch_size {cfg.pretrain.batch_size} with {k} sources per batch leaves fewer than "
+            "2 patches per source; raise the batch size or lower pretrain.sources_per_batch"
+        )
+    return SourceBalancedBatchSampler(
+        ids, sources_per_batch=k, patches_per_source=m, seed=cfg.trainer.seed, rank=rt.rank, world_size=rt.world_size
+    )
+
+
+def build_pretrain_program(
+    cfg: RunConfig, plugins: PluginSet, rt: Runtime, source_of: torch.Tensor
+) -> tuple[Program, torch.nn.Module]:
+    """The pretraining step as a trainer :class:`Program` (also what the benchmarks time).
+
+    ``source_of`` maps a batch's ``index`` (patch-table row) to its stain-source id.
+    """
+    model = prepare_model(build_ssl_model(cfg, plugins), rt, cfg.trainer.sync_bn, cfg.trainer.channels_last)
+    views = ViewGenerator(ViewOptions.model_validate(cfg.ssl.views)).to(rt.device)
+    view_rng = torch.Generator(device=rt.device).manual_seed(cfg.trainer.seed * 1000 + rt.rank)
+    normalise = build_stain_norm(cfg, plugins, rt.device)
+    forward = torch.compile(model) if cfg.trainer.compile else model
+
+    steps = cfg.pretrain.steps
+    optimizers = {"ssl": build_optimizer(model, cfg.pretrain.optim)}
+    schedulers = {"ssl": warmup_cosine(optimizers["ssl"], cfg.pretrain.optim.warmup_steps, steps)}
+    modules: dict[str, torch.nn.Module] = {"ssl": model}
+    adversary = None
+    if cfg.sassl.enabled:
+        s = cfg.sassl
+        adversary = StainAdversary(
+            _embedding_dim(cfg, model, rt.device),
+            hidden_dim=s.hidden_dim,
+            layers=s.layers,
+            temperature=s.temperature,
+            squash=s.squash,
+            cosine=s.cosine,
+            generator=s.generator,
+            normalize=s.normalize,
+            lam=s.lam,
+            warmup_steps=s.warmup_steps,
+        ).to(rt.device)
+        modules["discriminator"] = adversary
+        optimizers["discriminator"] = torch.optim.Adam(adversary.parameters(), lr=s.lr, betas=(0.5, 0.999))
+
+    def phases(batch: dict, step: int):
+        batch = to_device(batch, rt.device)
+        images = normalise(batch["image"])
+        x1, x2 = views.two_views(images, cfg.data.image_size, generator=view_rng)
+        if cfg.trainer.channels_last:
+            x1, x2 = x1.contiguous(memory_format=torch.channels_last), x2.contiguous(memory_format=torch.channels_last)
+        with autocast(rt.device, cfg.trainer.amp):
+            out = forward(x1, x2)
+        logs = {"L_ssl": out.loss.detach()}
+        if adversary is None:
+            yield Phase("ssl", out.loss, logs)
+            return
+        src = source_of[batch["index"]]
+        s1, s2 = (s.float() for s in adversary_inputs(out, cfg.sassl.embedding))
+        d_loss, d_stats = adversary.discriminator_loss(s1, s2, src)
+        yield Phase("discriminator", d_loss, {"L_D": d_loss.detach()})
+        g_term, g_stats = adversary.generator_term(s1, s2, src, step)
+        logs.update(a_same=g_stats["a_same"], a_diff=g_stats["a_diff"], lam=adversary.lam_at(step))
+        yield Phase("ssl", out.loss + g_term, logs)
+
+    program = Program(
+        modules=modules,
+        optimizers=optimizers,
+        schedulers=schedulers,
+        phases=phases,
+        after_step=lambda step: model.after_step((step + 1) / max(1, steps)),
+        extra_state=lambda: {"view_rng": view_rng.get_state()},
+        load_extra_state=lambda state: view_rng.set_state(state["view_rng"]) if "view_rng" in state else None,
+    )
+    return program, model
+
+
+def pretrain(cfg: RunConfig, plugins: PluginSet, prepared: PreparedData, run_dir: Path, rt: Runtime) -> PretrainResult:
+    """Pretrain an encoder on the dataset's training patches; export ``encoder.safetensors``."""
+    table = prepared.patches.split("train")
+    ids = source_ids(table, cfg.sassl.source_key)
+    dataset = patch_dataset(cfg, table, with_masks=False, quiet=cfg.output.quiet or not rt.is_main)
+    sampler = balanced_sampler(cfg, ids, rt)
+
+    def index_batches():
+        for epoch in itertools.count():
+            sampler.set_epoch(epoch)
+            yield from sampler
+
+    program, model = build_pretrain_program(cfg, plugins, rt, torch.as_tensor(ids, device=rt.device))
+    trainer = Trainer("pretrain", run_dir, cfg.trainer, cfg.output, rt, cfg.pretrain.steps)
+    history = trainer.fit(program, batch_stream(dataset, index_batches, cfg.data.num_workers))
+    encoder_path = Path(run_dir) / ENCODER_FILE
+    if rt.is_main:
+        export_encoder(model.encoder, encoder_path, cfg.backbone.name)
+    if rt.distributed:
+        torch.distributed.barrier()
+    return PretrainResult(encoder_path, history)
