@@ -29,7 +29,11 @@ import albumentations as A  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from sassl_core.config import InputConfig  # noqa: E402
+from sassl_core.train.inputs import ModelInput  # noqa: E402
 from sassl_core.train.views import ViewGenerator, ViewOptions  # noqa: E402
+
+INPUTS = InputConfig()
 
 
 def albumentations_pipeline(opt: ViewOptions, out: int) -> A.Compose:
@@ -51,7 +55,7 @@ def albumentations_pipeline(opt: ViewOptions, out: int) -> A.Compose:
                 brightness=opt.brightness, contrast=opt.contrast, saturation=opt.saturation, hue=(0, 0), p=opt.color_p
             ),
             A.GaussianBlur(sigma_limit=opt.blur_sigma, blur_limit=0, p=opt.blur_p),
-            A.Normalize(mean=opt.mean, std=opt.std),
+            A.Normalize(mean=INPUTS.mean, std=INPUTS.std),
         ]
     )
 
@@ -92,7 +96,8 @@ def main() -> None:
     rng = np.random.default_rng(0)
     patches = rng.integers(0, 256, (args.batch, args.patch, args.patch, 3), dtype=np.uint8)
     options = ViewOptions()
-    views = ViewGenerator(options, generator=torch.Generator().manual_seed(0)).to(device)
+    scale = ModelInput(INPUTS).to(device).scale
+    views = ViewGenerator(options, generator=torch.Generator().manual_seed(0), scale=scale)
     pipeline = albumentations_pipeline(options, args.out)
 
     def batched():

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from sassl_core.errors import UserError
 
@@ -64,6 +64,22 @@ class DataConfig(Section):
     stain_norm: str | None = None  # stain transform applied to every image (a baseline)
     stain_norm_options: dict[str, Any] = Field(default_factory=dict)
     stain_target: Path | None = None  # image the stain transform is fitted on
+
+
+class InputConfig(Section):
+    """How a patch in ``[0, 1]`` becomes an encoder input: ``(x - mean) / std`` per channel
+    (ImageNet statistics by default, what timm's pretrained weights expect). Every stage reads
+    this one section: pretraining views, fine-tuning, evaluation, the probe and heatmaps."""
+
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+    @field_validator("std")
+    @classmethod
+    def _positive_std(cls, std: tuple[float, float, float]) -> tuple[float, float, float]:
+        if min(std) <= 0:
+            raise ValueError(f"expected values > 0, found {std}")
+        return std
 
 
 class BackboneConfig(Section):
@@ -152,6 +168,7 @@ class OutputConfig(Section):
 
 class RunConfig(Section):
     data: DataConfig = Field(default_factory=DataConfig)
+    inputs: InputConfig = Field(default_factory=InputConfig)
     backbone: BackboneConfig = Field(default_factory=BackboneConfig)
     ssl: SSLConfig = Field(default_factory=SSLConfig)
     sassl: SasslConfig = Field(default_factory=SasslConfig)

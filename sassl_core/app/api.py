@@ -258,7 +258,7 @@ def heatmap(
         )
         for i, row in enumerate(rows):
             patch = read_patch(row, cfg.data.image_size)
-            image = model.prepare(torch.tensor(patch[None], device=rt.device))
+            image = model.inputs(torch.tensor(patch[None], device=rt.device))
             cam = grad_cam(model.encoder, model.head, image, target_class=k)
             written.append(save_cam_overlay(patch, cam, out_dir / f"{slide.stem}_cam{i}.png"))
     return written

@@ -17,15 +17,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from sassl_core.color import as_float_images
 from sassl_core.config import RunConfig
 from sassl_core.plugins import PluginSet
 from sassl_core.train.backbone import create_backbone
 from sassl_core.train.checkpoint import load_encoder_state
 from sassl_core.train.data import patch_dataset, sequential_batches, to_device
+from sassl_core.train.inputs import build_model_input
 from sassl_core.train.runtime import Runtime, autocast
-from sassl_core.train.stain_norm import build_stain_norm
-from sassl_core.train.views import ViewOptions
 from sassl_core.wsi.dataset import make_loader
 from sassl_core.wsi.patches import PatchTable
 
@@ -50,17 +48,13 @@ def embed_patches(
 ) -> torch.Tensor:
     """Pooled features ``(N, D)`` of ``table``'s patches, with the stain normalisation and input
     scaling the encoder was pretrained with."""
-    normalise = build_stain_norm(cfg, plugins, rt.device)
-    mean, std = (
-        torch.tensor(v, device=rt.device).view(1, 3, 1, 1)
-        for v in ViewOptions.model_validate(cfg.ssl.views).input_stats()
-    )
+    inputs = build_model_input(cfg, plugins).to(rt.device)
     dataset = patch_dataset(cfg, table, with_masks=False, quiet=True)
     encoder.eval()
     features = []
     order = sequential_batches(len(table), cfg.finetune.batch_size)
     for batch in make_loader(dataset, batch_sampler=order, num_workers=cfg.data.num_workers):
-        x = (as_float_images(normalise(to_device(batch, rt.device)["image"])) - mean) / std
+        x = inputs(to_device(batch, rt.device)["image"])
         with autocast(rt.device, cfg.trainer.amp):
             features.append(encoder(x).float())
     return torch.cat(features)

@@ -15,7 +15,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from sassl_core.color import as_float_images
 from sassl_core.config import RunConfig
 from sassl_core.errors import UserError
 from sassl_core.interfaces import PreparedData, TaskHead
@@ -24,34 +23,29 @@ from sassl_core.plugins import PluginSet
 from sassl_core.train.backbone import create_backbone
 from sassl_core.train.checkpoint import load_encoder_state
 from sassl_core.train.data import batch_stream, patch_dataset, shuffled_batches, to_device
+from sassl_core.train.inputs import ModelInput, build_model_input
 from sassl_core.train.optim import build_optimizer, warmup_cosine
 from sassl_core.train.runtime import Runtime, autocast, prepare_model
-from sassl_core.train.stain_norm import build_stain_norm
 from sassl_core.train.trainer import Phase, Program, Trainer
-from sassl_core.train.views import ViewOptions
 from sassl_core.wsi.patches import PatchTable
 
 TARGET_COLUMN = {"label": "label", "target": "target", "mask": "mask"}
 
 
 class DownstreamModel(nn.Module):
-    """Dual encoder + task head; ``forward`` takes uint8 ``(B, H, W, 3)`` images."""
+    """Dual encoder + task head; ``forward`` takes uint8 ``(B, H, W, 3)`` patches and prepares
+    them with the run's :class:`ModelInput` (stain transform, scaling), so fine-tuning,
+    evaluation and heatmaps feed the encoder alike."""
 
-    def __init__(self, encoder: DualEncoder, head: TaskHead, image_size: int, views: ViewOptions) -> None:
+    def __init__(self, encoder: DualEncoder, head: TaskHead, image_size: int, inputs: ModelInput) -> None:
         super().__init__()
         self.encoder = encoder
         self.head = head
         self.image_size = image_size
-        # the same input normalisation the encoder was pretrained with
-        mean, std = views.input_stats()
-        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
-
-    def prepare(self, images: torch.Tensor) -> torch.Tensor:
-        return (as_float_images(images) - self.mean) / self.std
+        self.inputs = inputs
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.head(self.encoder(self.prepare(images)), self.image_size)
+        return self.head(self.encoder(self.inputs(images)), self.image_size)
 
 
 def resolve_pretrained(path: Path | None) -> Path | None:
@@ -122,7 +116,7 @@ def build_downstream(
         feature_channels=encoder.feature_channels,
         num_outputs=num_outputs(kind, cfg.task.name, prepared),
     )
-    return DownstreamModel(encoder, head, cfg.data.image_size, ViewOptions.model_validate(cfg.ssl.views))
+    return DownstreamModel(encoder, head, cfg.data.image_size, build_model_input(cfg, plugins))
 
 
 def labelled(table: PatchTable, kind: str) -> PatchTable:
@@ -170,7 +164,6 @@ def finetune(
         raise UserError(
             f"finetune.batch_size: expected at most {len(table)} (the labelled training patches), found {batch_size}"
         )
-    normalise = build_stain_norm(cfg, plugins, rt.device)
     aug_rng = torch.Generator().manual_seed(cfg.trainer.seed + 17)
     steps = cfg.finetune.steps
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -179,7 +172,7 @@ def finetune(
 
     def phases(batch: dict, step: int):
         batch = to_device(batch, rt.device)
-        images, masks = random_dihedral(normalise(batch["image"]), batch.get("mask"), aug_rng)
+        images, masks = random_dihedral(batch["image"], batch.get("mask"), aug_rng)
         if masks is not None:
             batch["mask"] = masks
         with autocast(rt.device, cfg.trainer.amp):

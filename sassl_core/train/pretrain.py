@@ -24,9 +24,9 @@ from sassl_core.plugins import PluginSet
 from sassl_core.train.backbone import create_backbone, pooled_dim
 from sassl_core.train.checkpoint import export_encoder
 from sassl_core.train.data import batch_stream, patch_dataset, source_ids, to_device
+from sassl_core.train.inputs import build_model_input
 from sassl_core.train.optim import build_optimizer, warmup_cosine
 from sassl_core.train.runtime import Runtime, autocast, prepare_model
-from sassl_core.train.stain_norm import build_stain_norm
 from sassl_core.train.trainer import Phase, Program, Trainer
 from sassl_core.train.views import ViewGenerator, ViewOptions
 
@@ -89,9 +89,9 @@ def build_pretrain_program(
     ``source_of`` maps a batch's ``index`` (patch-table row) to its stain-source id.
     """
     model = prepare_model(build_ssl_model(cfg, plugins), rt, cfg.trainer.sync_bn, cfg.trainer.channels_last)
-    views = ViewGenerator(ViewOptions.model_validate(cfg.ssl.views)).to(rt.device)
+    inputs = build_model_input(cfg, plugins).to(rt.device)
+    views = ViewGenerator(ViewOptions.model_validate(cfg.ssl.views), scale=inputs.scale)
     view_rng = torch.Generator(device=rt.device).manual_seed(cfg.trainer.seed * 1000 + rt.rank)
-    normalise = build_stain_norm(cfg, plugins, rt.device)
     forward = torch.compile(model) if cfg.trainer.compile else model
 
     steps = cfg.pretrain.steps
@@ -118,7 +118,7 @@ def build_pretrain_program(
 
     def phases(batch: dict, step: int):
         batch = to_device(batch, rt.device)
-        images = normalise(batch["image"])
+        images = inputs.stain_normalise(batch["image"])
         x1, x2 = views.two_views(images, cfg.data.image_size, generator=view_rng)
         if cfg.trainer.channels_last:
             x1, x2 = x1.contiguous(memory_format=torch.channels_last), x2.contiguous(memory_format=torch.channels_last)

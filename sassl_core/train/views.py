@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 import itertools
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -26,9 +27,6 @@ from torch import nn
 
 from sassl_core.color import HED_SCALE, HED_SHIFT, LUMA_WEIGHTS, apply_hed_jitter, grayscale
 from sassl_core.config import Factors, PositiveRange, Probability, Range
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class ViewOptions(BaseModel):
@@ -56,20 +54,11 @@ class ViewOptions(BaseModel):
     saturation: Factors = (0.8, 1.2)
     blur_p: Probability = 0.2
     blur_sigma: PositiveRange = (0.1, 1.5)
-    normalize: bool = True
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
-
-    def input_stats(self) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
-        """``(mean, std)`` that model inputs in [0, 1] are normalised with (identity when off)."""
-        return (self.mean, self.std) if self.normalize else ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
 
     @model_validator(mode="after")
     def _check_bounds(self) -> ViewOptions:
         if self.crop_scale[1] > 1:
             raise ValueError(f"crop_scale: expected fractions of the patch area <= 1, found {self.crop_scale}")
-        if min(self.std) <= 0:
-            raise ValueError(f"std: expected values > 0, found {self.std}")
         return self
 
 
@@ -98,8 +87,9 @@ class ViewGenerator(nn.Module):
     """Random views of uint8 patch batches, made on the patches' device.
 
     ``forward(batch, out_size)`` takes ``(B, H, W, 3)`` or ``(B, 3, H, W)`` uint8 (float in
-    ``[0, 1]`` is accepted too) and returns float32 ``(B, 3, out_size, out_size)``, normalised
-    with ``options.mean``/``std`` unless :attr:`normalize` is False. ``generator`` (argument or
+    ``[0, 1]`` is accepted too) and returns float32 ``(B, 3, out_size, out_size)`` in ``[0, 1]``,
+    or, with ``scale`` (the run's :meth:`sassl_core.train.inputs.ModelInput.scale`), scaled in
+    place as every encoder input is. ``generator`` (argument or
     attribute) makes the draws reproducible; a CPU generator works for CUDA batches too.
 
     On the CPU the views are made :attr:`cpu_chunk` at a time (working buffers that stay in
@@ -113,13 +103,16 @@ class ViewGenerator(nn.Module):
     #: Views made at once on the CPU.
     cpu_chunk = 32
 
-    def __init__(self, options: ViewOptions | None = None, generator: torch.Generator | None = None) -> None:
+    def __init__(
+        self,
+        options: ViewOptions | None = None,
+        generator: torch.Generator | None = None,
+        scale: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> None:
         super().__init__()
         self.options = options or ViewOptions()
         self.generator = generator
-        self.normalize = self.options.normalize
-        self.register_buffer("mean", torch.tensor(self.options.mean).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(self.options.std).view(1, 3, 1, 1), persistent=False)
+        self.scale = scale
 
     def forward(self, batch: torch.Tensor, out_size: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """One random view of every image of ``batch``."""
@@ -175,8 +168,8 @@ class ViewGenerator(nn.Module):
         x = _update_drawn(x, _columns(u_host, "color")[:, 0] < opt.color_p, u, self._color)
         x = _update_drawn(x, _columns(u_host, "blur")[:, 0] < opt.blur_p, u, self._blur)
         self._flip_rotate(x, u, out)
-        if self.normalize:
-            out.sub_(self.mean.to(out)).div_(self.std.to(out))
+        if self.scale is not None:
+            self.scale(out)
 
     def _crop_plan(
         self, u: torch.Tensor, shape: torch.Size, out_size: int, step: int

@@ -7,9 +7,12 @@ import torch
 from pydantic import ValidationError
 
 from sassl_core.color import hed_jitter
+from sassl_core.config import InputConfig
+from sassl_core.train.inputs import ModelInput
 from sassl_core.train.views import N_UNIFORMS, ViewGenerator, ViewOptions, _columns, draw_uniforms
 
-ALL_OFF = dict(crop_p=0, hflip_p=0, vflip_p=0, rot90_p=0, hed_p=0, color_p=0, blur_p=0, normalize=False)
+ALL_OFF = dict(crop_p=0, hflip_p=0, vflip_p=0, rot90_p=0, hed_p=0, color_p=0, blur_p=0)
+IMAGENET = ModelInput(InputConfig())
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
@@ -18,9 +21,9 @@ def patches(batch=4, size=32, seed=0, channels_last=True) -> torch.Tensor:
     return x if channels_last else x.permute(0, 3, 1, 2).contiguous()
 
 
-def make(seed: int | None = None, **options) -> ViewGenerator:
+def make(seed: int | None = None, scaled: bool = False, **options) -> ViewGenerator:
     generator = None if seed is None else torch.Generator().manual_seed(seed)
-    return ViewGenerator(ViewOptions(**options), generator=generator)
+    return ViewGenerator(ViewOptions(**options), generator=generator, scale=IMAGENET.scale if scaled else None)
 
 
 def as_unit(x: torch.Tensor) -> torch.Tensor:
@@ -30,14 +33,11 @@ def as_unit(x: torch.Tensor) -> torch.Tensor:
 @pytest.mark.parametrize("channels_last", [True, False])
 def test_shape_dtype_range_and_normalisation(channels_last):
     x = patches(channels_last=channels_last)
-    views = make(seed=0)
-    out = views(x, 24)
+    out = make(seed=0, scaled=True)(x, 24)
     assert out.shape == (4, 3, 24, 24) and out.dtype == torch.float32
-    raw_views = make(seed=0)
-    raw_views.normalize = False  # the attribute switches normalisation off
-    raw = raw_views(x, 24)
+    raw = make(seed=0)(x, 24)
     assert raw.min() >= 0 and raw.max() <= 1 and raw.std() > 0.1
-    mean, std = torch.tensor(views.options.mean).view(3, 1, 1), torch.tensor(views.options.std).view(3, 1, 1)
+    mean, std = IMAGENET.mean[0], IMAGENET.std[0]
     assert torch.allclose(out, (raw - mean) / std, atol=1e-6)
 
 
@@ -71,7 +71,7 @@ def test_identity_when_every_probability_is_zero():
     x = patches()
     out = make(**ALL_OFF)(x, 32)
     assert torch.equal(out, as_unit(x))
-    normalised = make(**{**ALL_OFF, "normalize": True})(x, 32)
+    normalised = make(scaled=True, **ALL_OFF)(x, 32)
     mean, std = torch.tensor((0.485, 0.456, 0.406)).view(3, 1, 1), torch.tensor((0.229, 0.224, 0.225)).view(3, 1, 1)
     assert torch.allclose(normalised, (as_unit(x) - mean) / std, atol=1e-6)
 
