@@ -46,8 +46,8 @@ from torch import nn
 from sassl_core.train.grad_sync import gradient_buckets
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402
-from common import StepSettings, Timing  # noqa: E402
+import common
+from common import StepSettings, Timing
 
 SECTIONS = ("step", "methods", "e2e", "hires", "gather", "compile")
 COMPILE_NEEDS_S = 120  # budget left below which the compile section is skipped

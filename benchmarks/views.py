@@ -25,13 +25,13 @@ import time
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
-import albumentations as A  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import albumentations as A
+import numpy as np
+import torch
 
-from sassl_core.config import InputConfig  # noqa: E402
-from sassl_core.train.inputs import ModelInput  # noqa: E402
-from sassl_core.train.views import ViewGenerator, ViewOptions  # noqa: E402
+from sassl_core.config import InputConfig
+from sassl_core.train.inputs import ModelInput
+from sassl_core.train.views import ViewGenerator, ViewOptions
 
 INPUTS = InputConfig()
 

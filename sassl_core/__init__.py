@@ -21,9 +21,17 @@ from sassl_core.errors import SasslError, UserError
 from sassl_core.hookspecs import hookimpl
 
 if TYPE_CHECKING:
-    from sassl_core.interfaces import DatasetContext, PreparedData, SSLMethod, SSLOutput, StainTransform, TaskHead
+    from sassl_core.interfaces import (
+        DatasetContext,
+        PreparedData,
+        SSLMethod,
+        SSLOutput,
+        StainTransform,
+        TargetKind,
+        TaskHead,
+    )
 
-_INTERFACES = ("DatasetContext", "PreparedData", "SSLMethod", "SSLOutput", "StainTransform", "TaskHead")
+_INTERFACES = ("DatasetContext", "PreparedData", "SSLMethod", "SSLOutput", "StainTransform", "TargetKind", "TaskHead")
 
 __all__ = [
     "DatasetContext",
@@ -32,6 +40,7 @@ __all__ = [
     "SSLOutput",
     "SasslError",
     "StainTransform",
+    "TargetKind",
     "TaskHead",
     "UserError",
     "PUBLIC_API",

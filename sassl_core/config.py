@@ -64,6 +64,7 @@ class DataConfig(Section):
     stain_norm: str | None = None  # stain transform applied to every image (a baseline)
     stain_norm_options: dict[str, Any] = Field(default_factory=dict)
     stain_target: Path | None = None  # image the stain transform is fitted on
+    held_out_source: str | None = None  # this source (centre) is the test split; the others train
 
 
 class InputConfig(Section):
@@ -109,9 +110,10 @@ class SasslConfig(Section):
     warmup_steps: int = Field(0, ge=0)  # λ ramps linearly from 0 over these steps
     lr: float = Field(1e-3, gt=0)  # discriminator learning rate (its own optimiser)
     source_key: Literal["slide", "provider"] = "slide"  # what counts as one stain source
-    # what D reads: the projector outputs S1, S2 (paper Eq. 5-6), or the encoder's pooled
-    # features H1, H2 (what the downstream models use; needs a method that returns them)
-    embedding: Literal["projector", "encoder"] = "projector"
+    # what D reads: the projector outputs S1, S2 (paper Eq. 5-6), the encoder's pooled features
+    # H1, H2 (what the downstream models use; needs a method that returns them), or the
+    # per-channel mean/std of every encoder feature level (sassl_core.method.style)
+    embedding: Literal["projector", "encoder", "style"] = "projector"
 
 
 class OptimConfig(Section):
@@ -136,6 +138,8 @@ class TaskConfig(Section):
     special_init: Literal["pretrained", "scratch"] = "pretrained"
     freeze_special_stages: int = Field(0, ge=0)
     slide_aggregation: Literal["mean", "none"] = "mean"
+    # before predicting, re-estimate BatchNorm statistics on each source's evaluated patches (AdaBN)
+    adapt_bn: bool = False
 
 
 class FinetuneConfig(Section):

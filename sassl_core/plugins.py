@@ -26,7 +26,9 @@ from pydantic import BaseModel
 
 from sassl_core import hookspecs
 from sassl_core.errors import UserError
-from sassl_core.registry import KINDS, Component, EmptyOptions, Registry
+from sassl_core.hookspecs import EXTENSION_POINTS, ExtensionPoint, Register
+from sassl_core.interfaces import TargetKind
+from sassl_core.registry import Component, EmptyOptions, Registry
 
 ENTRY_POINT_GROUP = "sassl"
 
@@ -61,8 +63,10 @@ class PluginSet:
         return self.registries[kind]
 
     def summary(self) -> dict[str, Any]:
-        """The object ``sassl plugins --json`` prints."""
+        """The object ``sassl plugins --json`` prints: the names of each kind, the extension
+        points (with each task's target kind), the plugins and the failures."""
         out: dict[str, Any] = {kind: reg.names() for kind, reg in self.registries.items()}
+        out["extension_points"] = {kind: self._describe_point(point) for kind, point in EXTENSION_POINTS.items()}
         out["plugins"] = [
             {
                 "name": p.name,
@@ -74,6 +78,18 @@ class PluginSet:
         ]
         out["failed"] = [{"name": f.name, "distribution": f.distribution, "error": f.error} for f in self.failures]
         return out
+
+    def _describe_point(self, point: ExtensionPoint) -> dict[str, Any]:
+        described: dict[str, Any] = {
+            "hook": point.hook,
+            "label": point.label,
+            "factory": point.factory.__name__,
+            "returns": point.returns,
+        }
+        if point.declares_target_kind:
+            registry = self.registries[point.kind]
+            described["target_kinds"] = {name: str(registry.get(name).target_kind) for name in registry.names()}
+        return described
 
 
 def _disabled() -> set[str]:
@@ -87,6 +103,11 @@ def _entry_points() -> Iterable[importlib.metadata.EntryPoint]:
 
 def _describe(error: BaseException) -> str:
     return f"{type(error).__name__}: {error}".strip()
+
+
+def _returning(obj: object) -> Callable[[], object]:
+    """A loader of ``obj`` (what ``EntryPoint.load`` is for an installed plugin)."""
+    return lambda: obj
 
 
 def load_plugins(extra: Iterable[tuple[str, ModuleType | object]] = ()) -> PluginSet:
@@ -115,9 +136,9 @@ def load_plugins(extra: Iterable[tuple[str, ModuleType | object]] = ()) -> Plugi
         version = ep.dist.version if ep.dist else "unknown"
         candidates.append((ep.name, dist, version, ep.load))
     for name, obj in extra:
-        candidates.append((name, "(registered in code)", "", lambda obj=obj: obj))
+        candidates.append((name, "(registered in code)", "", _returning(obj)))
 
-    registries = {kind: Registry(kind) for kind in KINDS}
+    registries = {kind: Registry(kind) for kind in EXTENSION_POINTS}
     for name, dist, version, load in candidates:
         if name in disabled:
             continue
@@ -130,10 +151,10 @@ def load_plugins(extra: Iterable[tuple[str, ModuleType | object]] = ()) -> Plugi
         staged: list[Component] = []
         try:
             pm.register(module, name=name)
-            for kind, hook_name in hookspecs.HOOKS.items():
-                impls = [i for i in getattr(pm.hook, hook_name).get_hookimpls() if i.plugin_name == name]
+            for point in EXTENSION_POINTS.values():
+                impls = [i for i in getattr(pm.hook, point.hook).get_hookimpls() if i.plugin_name == name]
                 for impl in impls:
-                    impl.function(register=_collector(kind, name, staged))
+                    impl.function(register=_collector(point, name, staged))
         except Exception as err:
             pm.unregister(name=name)
             failures.append(PluginFailure(name, dist, str(err) if isinstance(err, UserError) else _describe(err)))
@@ -152,19 +173,42 @@ def load_plugins(extra: Iterable[tuple[str, ModuleType | object]] = ()) -> Plugi
     return PluginSet(registries, plugins, failures)
 
 
-def _collector(kind: str, plugin: str, staged: list[Component]) -> Callable[..., None]:
-    def register(name: str, factory: Callable[..., Any], options: type[BaseModel] | None = None) -> None:
+def _collector(point: ExtensionPoint, plugin: str, staged: list[Component]) -> Register[Any]:
+    """The ``register`` callable handed to ``plugin``'s hook of ``point``."""
+
+    def register(
+        name: str,
+        factory: Callable[..., Any],
+        options: type[BaseModel] | None = None,
+        *,
+        target_kind: TargetKind | None = None,
+    ) -> None:
         if not isinstance(name, str) or not name:
-            raise UserError(f"plugin '{plugin}' registered a {KINDS[kind]} with an invalid name {name!r}")
+            raise UserError(f"plugin '{plugin}' registered a {point.label} with an invalid name {name!r}")
+        what = f"plugin '{plugin}' registered {point.label} '{name}'"
         if not callable(factory):
-            raise UserError(f"plugin '{plugin}' registered {KINDS[kind]} '{name}' with a factory that is not callable")
+            raise UserError(f"{what} with a factory that is not callable")
         if options is not None and not (isinstance(options, type) and issubclass(options, BaseModel)):
-            raise UserError(
-                f"plugin '{plugin}' registered {KINDS[kind]} '{name}' with options that are not a pydantic model"
-            )
-        staged.append(Component(kind, name, factory, options or EmptyOptions, plugin))
+            raise UserError(f"{what} with options that are not a pydantic model")
+        declared = _target_kind(point, what, target_kind)
+        staged.append(Component(point.kind, name, factory, options or EmptyOptions, plugin, declared))
 
     return register
+
+
+def _target_kind(point: ExtensionPoint, what: str, value: object) -> TargetKind | None:
+    """The declared ``target_kind``: required where ``point`` declares one, refused elsewhere."""
+    kinds = ", ".join(f"TargetKind.{k.name}" for k in TargetKind)
+    if not point.declares_target_kind:
+        if value is not None:
+            raise UserError(f"{what} with a target_kind; only tasks declare one")
+        return None
+    if value is None:
+        raise UserError(f"{what} without a target_kind: expected target_kind= one of {kinds}")
+    try:
+        return TargetKind(value)
+    except ValueError:
+        raise UserError(f"{what} with target_kind {value!r}: expected one of {kinds}") from None
 
 
 _DEFAULT: PluginSet | None = None

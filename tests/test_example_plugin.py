@@ -20,8 +20,9 @@ pytest.importorskip(
     reason="example plugin not installed (pip install -e examples/sassl-barlow --no-deps)",
 )
 
-from sassl_core.plugins import load_plugins  # noqa: E402
-from sassl_example_plugin import barlow_twins, ordinal  # noqa: E402
+from sassl_core.interfaces import TargetKind
+from sassl_core.plugins import load_plugins
+from sassl_example_plugin import barlow_twins, ordinal
 
 PLUGIN = "example_plugin"
 
@@ -38,6 +39,7 @@ def test_entry_point_registers_both_components(plugin_set):
     assert info.components == {"ssl": ["barlow_twins"], "task": ["ordinal"]}
     assert plugin_set["ssl"].get("barlow_twins").plugin == PLUGIN
     assert plugin_set["task"].get("ordinal").plugin == PLUGIN
+    assert plugin_set["task"].get("ordinal").target_kind is TargetKind.LABEL  # learns from class labels
 
 
 def test_disabled_by_environment(monkeypatch):
@@ -172,6 +174,9 @@ def test_head_probabilities_are_valid(plugin_set, num_classes):
     assert (probs >= 0).all()
     assert torch.allclose(probs.sum(1), torch.ones(5))
     assert (torch.diff(head.thresholds()) > 0).all()
+    # the defaults of a label head read its probabilities; Grad-CAM needs per-class scores, which it has not
+    assert torch.equal(head.heatmap_value(probs, num_classes - 1), probs[:, -1])
+    assert head.target_kind is TargetKind.LABEL and not head.class_scores
 
 
 def test_head_rejects_regression_datasets(plugin_set):

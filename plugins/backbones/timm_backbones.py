@@ -62,7 +62,10 @@ def build_timm(timm_name: str, options: TimmOptions, image_size: int) -> nn.Modu
     if options.weights is not None:
         load_weights(model, options.weights, timm_name)
     if options.grad_checkpointing:
-        model.set_grad_checkpointing(True)
+        enable = getattr(model, "set_grad_checkpointing", None)  # timm models have it; nn.Module does not
+        if enable is None:
+            raise UserError(f"backbone '{timm_name}': timm has no gradient checkpointing for it")
+        enable(True)
     return model
 
 

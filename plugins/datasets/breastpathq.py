@@ -23,9 +23,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 import sassl_core
 from sassl_core.errors import UserError
-from sassl_core.interfaces import DatasetContext, PreparedData
+from sassl_core.interfaces import DatasetContext, PreparedData, TargetKind
 from sassl_core.wsi.reader import open_slide
-from sassl_plugins.datasets.common import prepare, read_table
+from sassl_plugins.datasets.common import prepare, read_table, require_root
 
 TARGET_COLUMNS = ("y", "cellularity")
 FOLDERS = {  # split -> (patch folders, label files), first existing wins
@@ -86,9 +86,7 @@ def _rows(labels: Path, patches: Path | None, split: str) -> list[dict]:
 
 def build(options: BreastPathQOptions, context: DatasetContext) -> PreparedData:
     """Index every labelled patch of the train, validation and (when labelled) test folders."""
-    if context.root is None:
-        raise UserError("breastpathq: expected a data root (the folder holding train_labels.csv), found none")
-    base = _dataset_folder(Path(context.root))
+    base = _dataset_folder(require_root(context, "breastpathq", "the folder holding train_labels.csv"))
     rows: list[dict] = []
     for split, (folders, label_files) in FOLDERS.items():
         labels = _first(base, label_files)
@@ -96,7 +94,7 @@ def build(options: BreastPathQOptions, context: DatasetContext) -> PreparedData:
             continue
         target_split = options.validation_as if split == "val" else split
         rows += _rows(labels, _first(base, folders), target_split)
-    return prepare(rows, context, ("reg",), [], str(base))
+    return prepare(rows, context, (TargetKind.TARGET,), [], str(base))
 
 
 @sassl_core.hookimpl

@@ -31,9 +31,17 @@ from skimage.draw import polygon as fill_polygon
 
 import sassl_core
 from sassl_core.errors import UserError
-from sassl_core.interfaces import DatasetContext, PreparedData
+from sassl_core.interfaces import DatasetContext, PreparedData, TargetKind
 from sassl_core.wsi.reader import SlideReader
-from sassl_plugins.datasets.common import fraction_map, patch_extent, prepare, read_text, split_groups, tile_slides
+from sassl_plugins.datasets.common import (
+    fraction_map,
+    patch_extent,
+    prepare,
+    read_text,
+    require_root,
+    split_groups,
+    tile_slides,
+)
 from sassl_plugins.datasets.tiff_slides import level_shapes, write_pyramid
 
 TUMOUR_GROUPS = {"_0", "_1", "tumor", "tumour", "metastases"}
@@ -99,7 +107,7 @@ def parse_asap(path: Path) -> Lesions:
         coords = annotation.findall("./Coordinates/Coordinate")
         try:
             ordered = sorted(coords, key=lambda c: int(c.get("Order", "0")))
-            points = np.array([[float(c.get("X")), float(c.get("Y"))] for c in ordered])
+            points = np.array([[float(c.get("X", "")), float(c.get("Y", ""))] for c in ordered])
         except (TypeError, ValueError):
             raise UserError(f"{path}: annotation {k}: expected numeric X, Y and Order on every Coordinate") from None
         if len(points) < 3:
@@ -188,7 +196,7 @@ class _Slides:
         w, h = (int(np.ceil(d / scale)) for d in reader.dimensions)
         coarse = fraction_map(lesions.rasterise(0, 0, h, w, scale) > 0, scale)
         xs, ys = [r["x"] for r in rows], [r["y"] for r in rows]
-        share = np.atleast_1d(coarse.fraction(xs, ys, patch_extent(rows[0], reader))) if rows else []
+        share = np.atleast_1d(coarse.fraction(xs, ys, patch_extent(rows[0], reader))) if rows else np.empty(0)
         for row, s in zip(rows, share):
             row.update(mask=mask, target=float(s), label=int(s >= self.options.min_tumour_fraction))
         return rows
@@ -196,9 +204,7 @@ class _Slides:
 
 def build(options: Camelyon16Options, context: DatasetContext) -> PreparedData:
     """Tile every kept slide; rasterise its annotations into a mask; label its patches."""
-    if context.root is None:
-        raise UserError("camelyon16: expected a data root (the folder holding training/ and testing/), found none")
-    root = Path(context.root)
+    root = require_root(context, "camelyon16", "the folder holding training/ and testing/")
     slides = _Slides(root, options, Path(context.cache_dir) / "camelyon16")
     kept = slides.collect()
     training = [p.stem for p, group, _ in kept if group == "training"]
@@ -208,7 +214,15 @@ def build(options: Camelyon16Options, context: DatasetContext) -> PreparedData:
         for path, group, _ in kept
     ]
     rows, skipped = tile_slides(items, context, label_rows=slides.label, fallback_mpp=options.fallback_mpp)
-    return prepare(rows, context, ("seg", "cls"), skipped, str(root), class_names=["normal", "tumour"], seg_classes=2)
+    return prepare(
+        rows,
+        context,
+        (TargetKind.MASK, TargetKind.LABEL),
+        skipped,
+        str(root),
+        class_names=["normal", "tumour"],
+        seg_classes=2,
+    )
 
 
 @sassl_core.hookimpl

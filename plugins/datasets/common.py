@@ -1,19 +1,25 @@
 """Helpers shared by the dataset plugins: label tables, splits by slide, tiling with skips,
-and per-patch fractions of a label raster."""
+per-patch fractions and means of a label raster, and derived slides written once to the cache."""
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
+import json
+import os
+import shutil
+import tempfile
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
 from sassl_core.errors import UserError
-from sassl_core.interfaces import DatasetContext, PreparedData
+from sassl_core.interfaces import DatasetContext, PreparedData, TargetKind
 from sassl_core.wsi.patches import PatchTable
-from sassl_core.wsi.reader import SlideReader, open_slide
+from sassl_core.wsi.reader import SlideReader, open_slide, write_pyramid_tiff
 from sassl_core.wsi.tiling import tile_slide
 from sassl_core.wsi.tissue import TissueMask
 
@@ -56,6 +62,14 @@ def read_table(path: Path, required: Iterable[str], delimiter: str = ",") -> lis
     except csv.Error as err:
         raise UserError(f"{path}: line {reader.line_num}: not readable as delimited text ({err})") from None
     return rows
+
+
+def require_root(context: DatasetContext, dataset: str, holding: str) -> Path:
+    """The data root of a dataset that reads the user's files; none given is an error naming
+    ``data.root`` and what the folder should hold."""
+    if context.root is None:
+        raise UserError(f"data.root: dataset '{dataset}' needs --data-root: {holding}")
+    return Path(context.root)
 
 
 def split_groups(
@@ -106,9 +120,32 @@ def fraction_map(mask: np.ndarray, downsample: float) -> TissueMask:
     return TissueMask(np.asarray(mask, bool), float(downsample))
 
 
+def mean_map(values: np.ndarray, downsample: float) -> TissueMask:
+    """Means of a real-valued raster over level-0 squares, as :func:`fraction_map` (the
+    summed-area table is exact for any piecewise-constant raster)."""
+    return TissueMask(np.asarray(values, np.float64), float(downsample))
+
+
 def patch_extent(row: dict, reader: SlideReader) -> float:
     """Side in level-0 pixels of a tiled patch row."""
     return row["read_size"] * reader.level_downsamples[row["level"]]
+
+
+def patch_squares(rows: list[dict], reader: SlideReader) -> tuple[np.ndarray, np.ndarray, float]:
+    """Level-0 corners ``xs``, ``ys`` and side of tiled patch rows of one slide, as
+    ``fraction_map(...).fraction(*patch_squares(rows, reader))`` takes them."""
+    xs, ys = np.array([r["x"] for r in rows]), np.array([r["y"] for r in rows])
+    return xs, ys, patch_extent(rows[0], reader)
+
+
+def save_label_maps(folder: Path, name: str, **maps: np.ndarray) -> None:
+    """Save the label maps of a derived slide ``<name>.tif`` beside it, as ``<name>_labels.npz``."""
+    np.savez_compressed(Path(folder) / f"{name}_labels.npz", allow_pickle=False, **maps)
+
+
+def label_maps(reader: SlideReader):
+    """The label maps :func:`save_label_maps` saved beside ``reader``'s slide."""
+    return np.load(reader.path.with_name(f"{reader.path.stem}_labels.npz"))
 
 
 def tile_slides(
@@ -163,7 +200,7 @@ def subsample(rows: list[dict], k: int | None, seed: int) -> list[dict]:
 def prepare(
     rows: list[dict],
     context: DatasetContext,
-    tasks: tuple[str, ...],
+    target_kinds: tuple[TargetKind, ...],
     skipped: list[str],
     what: str,
     class_names: list[str] | None = None,
@@ -175,8 +212,53 @@ def prepare(
         raise UserError(f"{what}: no tissue patches found{detail}")
     return PreparedData(
         patches=PatchTable.from_rows(rows, context.patch_size),
-        tasks=tasks,
+        target_kinds=target_kinds,
         class_names=list(class_names or []),
         seg_classes=seg_classes,
         skipped=skipped,
     )
+
+
+def cached_folder(parent: Path, key: dict, build: Callable[[Path], None]) -> Path:
+    """``<parent>/<digest of key>``, holding what ``build(work)`` writes into an empty folder.
+
+    Made once: built in a temporary sibling and renamed into place when complete (with
+    ``done.json`` holding ``key``), so an interrupted build leaves nothing half-written and later
+    calls with the same ``key`` reuse the folder. When another process completes the same folder
+    first, theirs is kept.
+    """
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    folder = Path(parent) / digest
+    if (folder / "done.json").is_file():
+        return folder
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{digest}-", dir=folder.parent))
+    try:
+        build(work)
+        (work / "done.json").write_text(json.dumps(key, indent=1))
+        try:
+            work.replace(folder)
+        except OSError:  # made meanwhile by another process: keep theirs
+            if not (folder / "done.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return folder
+
+
+def map_threads(function: Callable, jobs: list) -> list:
+    """``[function(job) for job in jobs]`` on up to one thread per CPU (slide decoding, encoding
+    and most numpy work release the GIL)."""
+    with ThreadPoolExecutor(max_workers=max(1, min(len(jobs), os.cpu_count() or 1))) as pool:
+        return list(pool.map(function, jobs))
+
+
+def write_labelled_slide(
+    folder: Path, name: str, rgb: np.ndarray, labels: np.ndarray, mpp: float, levels: int = 3, tile: int = 256
+) -> None:
+    """Write ``<name>.tif`` (pyramidal, JPEG) and its lossless label mask ``<name>_mask.tif``
+    (labels in the red channel, as :func:`sassl_core.wsi.cache.read_mask` reads them)."""
+    mask = np.zeros((*labels.shape, 3), np.uint8)
+    mask[..., 0] = labels
+    write_pyramid_tiff(Path(folder) / f"{name}.tif", rgb, mpp, levels=levels, tile=tile)
+    write_pyramid_tiff(Path(folder) / f"{name}_mask.tif", mask, mpp, levels=levels, tile=tile, label_mask=True)

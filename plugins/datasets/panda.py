@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 import sassl_core
 from sassl_core.errors import UserError
-from sassl_core.interfaces import DatasetContext, PreparedData
+from sassl_core.interfaces import DatasetContext, PreparedData, TargetKind
 from sassl_core.wsi.reader import SlideReader, open_slide
 from sassl_plugins.datasets.common import (
     fraction_map,
@@ -33,6 +33,7 @@ from sassl_plugins.datasets.common import (
     prepare,
     read_level,
     read_table,
+    require_root,
     split_groups,
     tile_slides,
 )
@@ -139,9 +140,7 @@ class _Masks:
 
 def build(options: PandaOptions, context: DatasetContext) -> PreparedData:
     """Tile every slide of ``train.csv``; every patch gets its slide's ISUP grade."""
-    if context.root is None:
-        raise UserError("panda: expected a data root (the folder holding train.csv), found none")
-    root = Path(context.root)
+    root = require_root(context, "panda", "the folder holding train.csv")
     rows = read_labels(root)
     providers = {r["image_id"]: r["data_provider"] for r in rows}
     fractions = {"val": options.val_fraction, "test": options.test_fraction}
@@ -163,7 +162,7 @@ def build(options: PandaOptions, context: DatasetContext) -> PreparedData:
     patches, skipped = tile_slides(
         slides, context, label_rows=masks.keep_cancer, tissue=masks.tissue, fallback_mpp=options.fallback_mpp
     )
-    return prepare(patches, context, ("cls",), skipped, str(root / "train.csv"), class_names=ISUP_GRADES)
+    return prepare(patches, context, (TargetKind.LABEL,), skipped, str(root / "train.csv"), class_names=ISUP_GRADES)
 
 
 @sassl_core.hookimpl

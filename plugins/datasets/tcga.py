@@ -21,8 +21,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 import sassl_core
 from sassl_core.errors import UserError
-from sassl_core.interfaces import DatasetContext, PreparedData
-from sassl_plugins.datasets.common import prepare, read_table, split_groups, tile_slides
+from sassl_core.interfaces import DatasetContext, PreparedData, TargetKind
+from sassl_plugins.datasets.common import prepare, read_table, require_root, split_groups, tile_slides
 
 MANIFEST_COLUMNS = ("id", "filename", "md5", "size")
 
@@ -86,9 +86,7 @@ def _projects(root: Path, slides: dict[str, Path], labels_csv: str | None) -> di
 
 def build(options: TcgaOptions, context: DatasetContext) -> PreparedData:
     """Tile every labelled slide; label = the index of its project."""
-    if context.root is None:
-        raise UserError("tcga: expected a data root (the GDC download folder), found none")
-    root = Path(context.root)
+    root = require_root(context, "tcga", "the GDC download folder")
     slides: dict[str, Path] = {}
     for path in sorted(root.rglob("*.svs")):
         if path.name in slides:
@@ -118,7 +116,7 @@ def build(options: TcgaOptions, context: DatasetContext) -> PreparedData:
         for name, project in sorted(kept.items())
     ]
     rows, skipped = tile_slides(items, context, fallback_mpp=options.fallback_mpp)
-    return prepare(rows, context, ("cls",), skipped, str(root), class_names=class_names)
+    return prepare(rows, context, (TargetKind.LABEL,), skipped, str(root), class_names=class_names)
 
 
 @sassl_core.hookimpl

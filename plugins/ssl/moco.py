@@ -33,6 +33,9 @@ class MoCoOptions(BaseModel):
 
 
 class MoCo(MomentumMethod):
+    queue: torch.Tensor  # buffers: (queue_size, proj_dim) unit keys, and the next write position
+    queue_ptr: torch.Tensor
+
     def __init__(self, options: MoCoOptions, encoder: nn.Module, feature_dim: int) -> None:
         projector = build_mlp(feature_dim, options.proj_hidden_dim, options.proj_dim, batch_norm=False)
         super().__init__(encoder, projector, options.base_momentum, options.final_momentum)

@@ -11,6 +11,8 @@ from pydantic import Field
 
 import sassl_core
 from sassl_core.errors import UserError
+from sassl_core.hookspecs import Register, TaskFactory
+from sassl_core.interfaces import TargetKind
 from sassl_core.metrics import classification_metrics
 from sassl_plugins.tasks.mlp_head import MLPOptions, PooledMLPHead
 
@@ -21,8 +23,6 @@ class ClassificationOptions(MLPOptions):
 
 class ClassificationHead(PooledMLPHead):
     """Logits ``(B, K)``; cross-entropy loss; softmax probabilities; QWK/accuracy/F1 metrics."""
-
-    target_kind = "label"
 
     def __init__(self, options: ClassificationOptions, in_channels: int, num_classes: int) -> None:
         super().__init__(options, in_channels, num_classes)
@@ -42,12 +42,14 @@ class ClassificationHead(PooledMLPHead):
         return classification_metrics(predictions, targets, sources, num_classes=self.num_classes)
 
 
-def build(options: ClassificationOptions, feature_channels: list[int], num_outputs: int | None) -> ClassificationHead:
+def build(
+    options: ClassificationOptions, feature_channels: Sequence[int], num_outputs: int | None
+) -> ClassificationHead:
     if num_outputs is None or num_outputs < 2:
         raise UserError(f"task 'cls': expected at least 2 classes, found {num_outputs}")
     return ClassificationHead(options, feature_channels[-1], num_outputs)
 
 
 @sassl_core.hookimpl
-def sassl_register_tasks(register):
-    register("cls", build, ClassificationOptions)
+def sassl_register_tasks(register: Register[TaskFactory]) -> None:
+    register("cls", build, ClassificationOptions, target_kind=TargetKind.LABEL)

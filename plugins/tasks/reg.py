@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 
 import sassl_core
+from sassl_core.hookspecs import Register, TaskFactory
+from sassl_core.interfaces import TargetKind
 from sassl_core.metrics import regression_metrics
 from sassl_plugins.tasks.mlp_head import MLPOptions, PooledMLPHead
 
@@ -19,8 +21,6 @@ class RegressionOptions(MLPOptions):
 
 class RegressionHead(PooledMLPHead):
     """A value in ``[0, 1]`` per image ``(B,)``; MSE loss; MAE/MSE/R² metrics."""
-
-    target_kind = "target"
 
     def __init__(self, options: RegressionOptions, in_channels: int) -> None:
         super().__init__(options, in_channels, 1)
@@ -38,10 +38,10 @@ class RegressionHead(PooledMLPHead):
         return regression_metrics(predictions, targets)
 
 
-def build(options: RegressionOptions, feature_channels: list[int], num_outputs: int | None) -> RegressionHead:
+def build(options: RegressionOptions, feature_channels: Sequence[int], num_outputs: int | None) -> RegressionHead:
     return RegressionHead(options, feature_channels[-1])
 
 
 @sassl_core.hookimpl
-def sassl_register_tasks(register):
-    register("reg", build, RegressionOptions)
+def sassl_register_tasks(register: Register[TaskFactory]) -> None:
+    register("reg", build, RegressionOptions, target_kind=TargetKind.TARGET)

@@ -18,7 +18,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 import sassl_core
 from sassl_core.errors import UserError
-from sassl_core.interfaces import TaskHead
+from sassl_core.hookspecs import Register, TaskFactory
+from sassl_core.interfaces import TargetKind, TaskHead
 from sassl_core.metrics import segmentation_metrics
 from sassl_plugins.tasks.seg_decoders import DECODERS
 
@@ -34,8 +35,6 @@ class SegmentationOptions(BaseModel):
 
 class SegmentationHead(TaskHead):
     """Logits ``(B, K, H, W)`` at the input size; Dice+CE loss; argmax class map."""
-
-    target_kind = "mask"
 
     def __init__(self, options: SegmentationOptions, feature_channels: Sequence[int], num_classes: int) -> None:
         super().__init__()
@@ -60,7 +59,7 @@ class SegmentationHead(TaskHead):
         return segmentation_metrics(predictions, targets, num_classes=self.num_classes)
 
 
-def build(options: SegmentationOptions, feature_channels: list[int], num_outputs: int | None) -> SegmentationHead:
+def build(options: SegmentationOptions, feature_channels: Sequence[int], num_outputs: int | None) -> SegmentationHead:
     num_classes = num_outputs if num_outputs is not None else 2
     if num_classes < 2:
         raise UserError(f"task 'seg': expected at least 2 mask classes, found {num_classes}")
@@ -72,5 +71,5 @@ def build(options: SegmentationOptions, feature_channels: list[int], num_outputs
 
 
 @sassl_core.hookimpl
-def sassl_register_tasks(register):
-    register("seg", build, SegmentationOptions)
+def sassl_register_tasks(register: Register[TaskFactory]) -> None:
+    register("seg", build, SegmentationOptions, target_kind=TargetKind.MASK)

@@ -224,17 +224,12 @@ def heatmap(
     model = _load_finetuned(cfg, plugins, prepared, rt, run_dir)
     out_dir = Path(out_dir or run_dir / "heatmaps")
     out_dir.mkdir(parents=True, exist_ok=True)
-    kind = model.head.target_kind
     k = prepared.num_classes - 1 if target_class is None else target_class
 
     @torch.no_grad()
     def predict_fn(patches: np.ndarray) -> np.ndarray:
         out = model.head.predict(model(torch.from_numpy(patches).to(rt.device)).float())
-        if kind == "label":
-            return out[:, k].cpu().numpy()
-        if kind == "mask":
-            return (out > 0).float().mean(dim=(1, 2)).cpu().numpy()
-        return out.cpu().numpy()
+        return model.head.heatmap_value(out, k).cpu().numpy()
 
     written = [out_dir / f"{slide.stem}_heatmap.png"]
     slide_heatmap(
@@ -246,7 +241,7 @@ def heatmap(
         fallback_mpp=cfg.data.mpp,
         tissue_threshold=cfg.data.tissue_threshold,
     )
-    if kind == "label" and cam_patches:
+    if model.head.class_scores and cam_patches:
         reader = open_slide(slide, cfg.data.mpp)
         rows = tile_slide(
             reader,

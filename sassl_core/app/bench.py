@@ -8,9 +8,15 @@ held-out centre is the test split ("shifted"). The validation slides of the trai
 give the "in-domain" score. Every arm runs the same seeds with the same budget:
 
 * ``ssl`` — plain SSL (``sassl.enabled = False``);
+* ``ssl+hed`` — plain SSL with strong HED stain augmentation in its views (Tellez et al. 2019,
+  "Quantifying the effects of data augmentation and stain color normalization", the known
+  strong baseline);
 * ``ssl+<normaliser>`` — plain SSL with a stain transform plugin fitted on a training-centre
-  image (``stain_target.png``, a mosaic of training patches) applied to every batch;
-* ``sassl`` — SASSL (``sassl+<normaliser>`` combines both);
+  image (``stain_target.png``, a mosaic of training patches) applied to every patch, in
+  pretraining, fine-tuning and evaluation alike;
+* ``sassl`` — SASSL with the default adversary; ``sassl-paper`` — the adversary exactly as the
+  paper writes it (Eq. 5 generator, slide sources, projector embeddings); other names of
+  :data:`SASSL_VARIANTS` likewise (``sassl+<normaliser>`` etc. combine);
 
 crossed with the ablation axes ``--sassl``, ``--rl``, ``--ssl`` and ``--backbone``. Each run
 lives in ``<out>/<arm>/seed<k>/``; ``bench.json`` and ``bench.md`` hold mean ± standard
@@ -33,7 +39,9 @@ import numpy as np
 from PIL import Image
 
 from sassl_core.app import api
+from sassl_core.app.montage import write_montage
 from sassl_core.app.probe import centre_probe
+from sassl_core.app.report import plot_curves, read_history
 from sassl_core.config import RunConfig, deep_merge, validate
 from sassl_core.errors import UserError
 from sassl_core.interfaces import PreparedData
@@ -47,9 +55,25 @@ from sassl_core.train.runtime import Runtime, init_runtime
 
 RESULT_FILE = "bench_result.json"
 TARGET_FILE = "stain_target.png"
+MONTAGE_FILE = "montage.png"
+CURVES_FILE = "pretrain_curves.png"
 TARGET_TILES = 4  # the stain target is a TARGET_TILES × TARGET_TILES mosaic of training patches
 
 _RUN_DEFAULTS = {"output": {"quiet": True, "tensorboard": False}, "trainer": {"checkpoint_every": 100000}}
+
+#: SASSL adversaries the benchmark can compare, as ``sassl`` config fields over the defaults.
+SASSL_VARIANTS: dict[str, dict] = {
+    "sassl": {},
+    "sassl-paper": {"generator": "affinity", "source_key": "slide", "embedding": "projector"},
+    "sassl-confusion": {"generator": "confusion", "source_key": "provider", "embedding": "projector"},
+    "sassl-encoder": {"generator": "confusion", "source_key": "provider", "embedding": "encoder"},
+    "sassl-style": {"generator": "confusion", "source_key": "provider", "embedding": "style"},
+}
+#: Views with strong HED stain augmentation (Tellez et al. 2019's "HED-strong": every image, wide
+#: ranges), for the ``+hed`` arms.
+STRONG_HED = {"hed_p": 1.0, "hed_scale": (0.7, 1.3), "hed_shift": (-0.15, 0.15)}
+#: What may follow an arm's head besides a stain normaliser: strong HED views, AdaBN at evaluation.
+MODIFIERS = ("hed", "adabn")
 
 
 @dataclass(frozen=True)
@@ -62,29 +86,50 @@ class Arm:
     sassl: bool
     stain_norm: str | None
     residual: bool
+    variant: str = "sassl"  # the SASSL adversary (a key of SASSL_VARIANTS) when ``sassl``
+    hed: bool = False  # strong HED views
+    adabn: bool = False  # BatchNorm statistics re-estimated on each evaluated source
 
     def overrides(self) -> dict:
         """The config fields this arm sets (nested, for :func:`deep_merge`)."""
-        return {
+        out = {
             "ssl": {"method": self.ssl},
             "backbone": {"name": self.backbone},
-            "sassl": {"enabled": self.sassl},
-            "task": {"residual": self.residual},
+            "sassl": {"enabled": self.sassl} | (SASSL_VARIANTS[self.variant] if self.sassl else {}),
+            "task": {"residual": self.residual, "adapt_bn": self.adabn},
             "data": {"stain_norm": self.stain_norm},
         }
+        if self.hed:
+            out["ssl"]["views"] = dict(STRONG_HED)
+        return out
 
 
-def parse_arm(token: str, normalisers: Sequence[str]) -> tuple[bool, str | None]:
-    """``ssl`` | ``sassl`` | ``<normaliser>`` | ``ssl+<normaliser>`` | ``sassl+<normaliser>``
-    → (SASSL on, normaliser)."""
-    head, _, norm = token.strip().partition("+")
-    if head not in ("ssl", "sassl"):
-        head, norm = "ssl", token.strip()
-    if norm and norm not in normalisers:
+@dataclass(frozen=True)
+class StainArm:
+    """What a ``--arms`` token asks for: SASSL (and which adversary), a normaliser, HED views."""
+
+    sassl: bool
+    stain_norm: str | None = None
+    variant: str = "sassl"
+    hed: bool = False
+    adabn: bool = False
+
+
+def parse_arm(token: str, normalisers: Sequence[str]) -> StainArm:
+    """``ssl`` | ``<variant>`` (``sassl``, ``sassl-paper``, ...) | ``<normaliser>`` | ``hed`` |
+    ``adabn``, and ``+``-joined combinations such as ``ssl+macenko`` or ``sassl+hed+adabn``."""
+    parts = [p.strip() for p in token.strip().split("+")]
+    head = parts[0] if parts[0] == "ssl" or parts[0] in SASSL_VARIANTS else "ssl"
+    rest = parts[1:] if head == parts[0] else parts
+    norms = [p for p in rest if p in normalisers]
+    unknown = [p for p in rest if p not in normalisers and p not in MODIFIERS]
+    if unknown or len(norms) > 1:
         raise UserError(
-            f"--arms: unknown arm '{token}'; expected ssl, sassl or a stain normaliser ({', '.join(normalisers)})"
+            f"--arms: unknown arm '{token}'; expected ssl, {', '.join(SASSL_VARIANTS)}, {', '.join(MODIFIERS)} or a stain normaliser "
+            f"({', '.join(normalisers)}), joined by '+'"
         )
-    return head == "sassl", norm or None
+    sassl = head != "ssl"
+    return StainArm(sassl, norms[0] if norms else None, head if sassl else "sassl", "hed" in rest, "adabn" in rest)
 
 
 def _safe(text: str) -> str:
@@ -108,18 +153,22 @@ def expand_arms(
     """
     stain = [parse_arm(a, normalisers) for a in arms]
     if sassl is not None:
-        stain = [(on, norm) for _, norm in stain for on in sassl]
+        stain = [replace(arm, sassl=on) for arm in stain for on in sassl]
     methods = list(ssl_methods or [base_cfg.ssl.method])
     nets = list(backbones or [base_cfg.backbone.name])
     residuals = tuple(rl) if rl is not None else (base_cfg.task.residual,)
     out: dict[str, Arm] = {}
-    for method, net, residual, (on, norm) in itertools.product(methods, nets, residuals, stain):
-        parts = [("sassl" if on else "ssl") + (f"+{norm}" if norm else "")]
+    for method, net, residual, arm in itertools.product(methods, nets, residuals, stain):
+        head = arm.variant if arm.sassl else "ssl"
+        modifiers = [m for m, on in ((arm.stain_norm, arm.stain_norm), ("hed", arm.hed), ("adabn", arm.adabn)) if on]
+        parts = ["+".join([head, *modifiers])]
         parts += [method] if len(methods) > 1 else []
         parts += [net] if len(nets) > 1 else []
         parts += [] if residual else ["norl"]
         name = _safe("-".join(parts))
-        out.setdefault(name, Arm(name, method, net, on, norm, residual))
+        out.setdefault(
+            name, Arm(name, method, net, arm.sassl, arm.stain_norm, residual, arm.variant, arm.hed, arm.adabn)
+        )
     return list(out.values())
 
 
@@ -173,8 +222,9 @@ def evaluate_in_domain(
 def run_arm(cfg: RunConfig, plugins: PluginSet, keep_checkpoints: bool) -> dict:
     """One (arm, seed): pretrain → fine-tune → shifted test metrics, then in-domain metrics."""
     result = api.run(cfg, plugins)
+    assert result.metrics is not None  # a benchmark runs in one process, the one that evaluates
     shifted = result.metrics["metrics"]
-    record = {
+    record: dict = {
         "seed": cfg.trainer.seed,
         "shifted": {"accuracy": shifted["accuracy"], "qwk": shifted["qwk"]},
         "per_centre": {},
@@ -224,10 +274,16 @@ def summarise(runs: list[dict]) -> dict:
         for metric in ("accuracy", "qwk")
     }
     summary["per_centre_accuracy"] = {c: mean_std([r["per_centre"].get(c) for r in runs]) for c in centres}
-    probes = [r.get("centre_probe") or {} for r in runs]
-    summary["centre_probe_accuracy"] = mean_std([p.get("accuracy") for p in probes])
-    summary["centre_probe_majority"] = mean_std([p.get("majority") for p in probes])
+    summary.update(summarise_probes([r.get("centre_probe") for r in runs]))
     return summary
+
+
+PROBE_FIGURES = ("accuracy", "adabn_accuracy", "colour_accuracy", "majority")
+
+
+def summarise_probes(probes: Sequence[dict | None]) -> dict:
+    """Mean ± std over seeds of every centre-probe figure (``centre_probe_<figure>``)."""
+    return {f"centre_probe_{k}": mean_std([(p or {}).get(k) for p in probes]) for k in PROBE_FIGURES}
 
 
 def stain_shift_benchmark(
@@ -235,7 +291,7 @@ def stain_shift_benchmark(
     out_dir: Path,
     seeds: list[int],
     arms: list[str],
-    test_centre: int,
+    held_out: str | None = None,
     *,
     sassl: Sequence[bool] | None = None,
     rl: Sequence[bool] | None = None,
@@ -245,7 +301,8 @@ def stain_shift_benchmark(
     plugins: PluginSet | None = None,
     log=print,
 ) -> dict:
-    """Run every arm × seed with ``test_centre`` held out; write ``bench.json`` and ``bench.md``.
+    """Run every arm × seed with the source ``held_out`` (default: the dataset's last source, by
+    name) as the test split; write ``bench.json``, ``bench.md`` and a montage of every source.
 
     Finished runs found in ``out_dir`` with an identical config are reused, so an interrupted
     benchmark continues where it stopped. Returns the content of ``bench.json``.
@@ -258,14 +315,23 @@ def stain_shift_benchmark(
         )
     plugins = plugins or default_plugins()
     out_dir = Path(out_dir)
-    base = deep_merge(base_cfg.model_dump(mode="json"), {"data": {"options": {"test_centre": test_centre}}})
-    base = deep_merge(base, _RUN_DEFAULTS)
+    base = deep_merge(base_cfg.model_dump(mode="json"), _RUN_DEFAULTS)
     base["output"]["overwrite"], base["output"]["resume"] = True, False
+    if held_out is None:
+        patches = prepare_dataset(validate(deep_merge(base, {"trainer": {"seed": seeds[0]}})), plugins).patches
+        held_out = sorted(set(patches["source"].astype(str)))[-1]
+    base = deep_merge(base, {"data": {"held_out_source": held_out}})
     target_cfg = validate(deep_merge(base, {"trainer": {"seed": seeds[0]}}))
     table_arms = expand_arms(target_cfg, arms, plugins["stain"].names(), sassl, rl, ssl_methods, backbones)
     target = None
     if any(a.stain_norm for a in table_arms):
         target = write_stain_target(target_cfg, plugins, out_dir / TARGET_FILE)
+    prepared, rt = prepare_dataset(target_cfg, plugins), init_runtime(target_cfg.trainer.device)
+    write_montage(prepared.patches, out_dir / MONTAGE_FILE, per_source=8, patch_px=96)
+    reference = [
+        centre_probe(validate(deep_merge(base, {"trainer": {"seed": s}})), plugins, prepared.patches, None, rt)
+        for s in seeds
+    ]
     rows = []
     for arm in table_arms:
         runs = []
@@ -290,9 +356,11 @@ def stain_shift_benchmark(
     report = {
         "benchmark": "stain-shift",
         "dataset": target_cfg.data.dataset,
-        "test_centre": test_centre,
+        "held_out": held_out,
         "seeds": list(seeds),
         "stain_target": TARGET_FILE if target else None,
+        "montage": MONTAGE_FILE,
+        "random_encoder_probe": summarise_probes(reference),
         "budget": {
             "image_size": target_cfg.data.image_size,
             "pretrain_steps": target_cfg.pretrain.steps,
@@ -301,6 +369,11 @@ def stain_shift_benchmark(
         },
         "arms": rows,
     }
+    curves = {row["name"]: read_history(out_dir / row["runs"][0]["run_dir"], "pretrain") for row in rows}
+    if plot_curves(
+        {name: h for name, h in curves.items() if h}, f"pretraining, seed {seeds[0]}", out_dir / CURVES_FILE
+    ):
+        report["curves"] = CURVES_FILE
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write(out_dir / "bench.json", lambda tmp: Path(tmp).write_text(json.dumps(report, indent=1) + "\n"))
     (out_dir / "bench.md").write_text(render_markdown(report))
@@ -311,33 +384,42 @@ def _cell(stat: dict | None) -> str:
     return "–" if stat is None else f"{stat['mean']:.3f} ± {stat['std']:.3f}"
 
 
-def _probe_cell(summary: dict) -> str:
-    acc, floor = summary.get("centre_probe_accuracy"), summary.get("centre_probe_majority")
-    return _cell(acc) + (f" ({floor['mean']:.2f})" if acc and floor else "")
+def _probe_cells(summary: dict) -> str:
+    return " | ".join(_cell(summary.get(f"centre_probe_{k}")) for k in PROBE_FIGURES[:3])
+
+
+def _floor(report: dict) -> str:
+    shares = [row["summary"].get("centre_probe_majority") for row in report["arms"]]
+    share = next((s for s in shares if s), None)
+    return f"; chance is the majority share, {share['mean']:.2f}" if share else ""
 
 
 def render_markdown(report: dict) -> str:
     """The table of ``bench.json`` in the shape of the paper's Table 1 (one row per arm)."""
     b = report["budget"]
     lines = [
-        f"# Stain-shift benchmark: centre {report['test_centre']} held out",
+        f"# Stain-shift benchmark: source {report['held_out']} held out",
         "",
         f"Dataset `{report['dataset']}`, seeds {', '.join(map(str, report['seeds']))} (mean ± sample std), "
         f"{b['image_size']} px, {b['pretrain_steps']} pretraining + {b['finetune_steps']} fine-tuning steps, batch {b['batch_size']}. "
         "Shifted = the held-out centre (test split); in-domain = validation slides of the training centres. "
         "Centre probe = held-out accuracy of a linear probe predicting the centre from the pretrained encoder's "
-        "features (lower = more stain-invariant; the floor is the majority share in brackets).",
+        "features (lower = more stain-invariant), with BatchNorm statistics re-estimated per centre (AdaBN), and "
+        "from the colour statistics of the encoder's input pixels alone" + _floor(report) + ".",
         "",
         "| arm | SSL | backbone | SASSL | stain norm | RL | shifted acc | shifted QWK | in-domain acc | in-domain QWK "
-        "| centre probe acc |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| probe | probe AdaBN | probe colour |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+    reference = report.get("random_encoder_probe")
+    if reference:
+        lines.append("| random encoder (no training) | | | | | | | | | | " + _probe_cells(reference) + " |")
     for row in report["arms"]:
         s = row["summary"]
         lines.append(
             f"| {row['name']} | {row['ssl']} | {row['backbone']} | {'yes' if row['sassl'] else 'no'} | {row['stain_norm'] or '–'} | "
             f"{'yes' if row['residual'] else 'no'} | {_cell(s['shifted_accuracy'])} | {_cell(s['shifted_qwk'])} | "
-            f"{_cell(s['in_domain_accuracy'])} | {_cell(s['in_domain_qwk'])} | {_probe_cell(s)} |"
+            f"{_cell(s['in_domain_accuracy'])} | {_cell(s['in_domain_qwk'])} | {_probe_cells(s)} |"
         )
     centres = sorted({c for row in report["arms"] for c in row["summary"]["per_centre_accuracy"]})
     if centres:

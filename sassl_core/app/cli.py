@@ -151,6 +151,10 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(summary, indent=2))
         return 0
+    for kind, point in summary["extension_points"].items():
+        kinds = point.get("target_kinds", {})
+        names = ", ".join(f"{n} [{kinds[n]}]" if n in kinds else n for n in summary[kind]) or "(none)"
+        print(f"{point['label']}s ({point['hook']} → {point['returns']}): {names}")
     for p in summary["plugins"]:
         comps = "; ".join(f"{kind}: {', '.join(names)}" for kind, names in p["components"].items())
         print(f"{p['name']} ({p['distribution']} {p['version']}) — {comps}")

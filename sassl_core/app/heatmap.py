@@ -81,7 +81,7 @@ def save_cam_overlay(image_uint8: np.ndarray, cam: np.ndarray, path: str | Path,
     """Write the Grad-CAM ``cam`` blended over the patch ``image_uint8`` ``(H, W, 3)`` as a PNG."""
     h, w = image_uint8.shape[:2]
     if cam.shape != (h, w):
-        cam = np.asarray(Image.fromarray(cam.astype(np.float32)).resize((w, h), Image.BILINEAR))
+        cam = np.asarray(Image.fromarray(cam.astype(np.float32)).resize((w, h), Image.Resampling.BILINEAR))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(overlay(image_uint8, np.clip(cam, 0, 1), alpha)).save(path)

@@ -8,12 +8,13 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
-from sassl_core.config import RunConfig  # noqa: E402
-from sassl_core.metrics import confusion_matrix  # noqa: E402
-from sassl_core.train.evaluate import Predictions  # noqa: E402
+from sassl_core.config import RunConfig
+from sassl_core.interfaces import TargetKind
+from sassl_core.metrics import confusion_matrix
+from sassl_core.train.evaluate import Predictions
 
 CURVE_KEYS = ("L_ssl", "L_D", "a_same", "a_diff", "loss")
 
@@ -32,16 +33,26 @@ def _save(fig, path: Path) -> None:
     plt.close(fig)
 
 
-def plot_curves(rows: list[dict], title: str, path: Path) -> bool:
-    keys = [k for k in CURVE_KEYS if any(k in r for r in rows)]
+def plot_curves(rows: list[dict] | dict[str, list[dict]], title: str, path: Path) -> bool:
+    """One panel per logged quantity of a training history; several labelled histories (e.g.
+    one per benchmark arm) are overlaid, each smoothed over a window of 1/20 of its steps."""
+    histories = rows if isinstance(rows, dict) else {"": rows}
+    keys = [k for k in CURVE_KEYS if any(k in r for h in histories.values() for r in h)]
     if not keys:
         return False
     fig, axes = plt.subplots(1, len(keys), figsize=(3.2 * len(keys), 2.8), squeeze=False)
     for ax, key in zip(axes[0], keys):
-        pts = [(r["step"], r[key]) for r in rows if key in r]
-        ax.plot(*zip(*pts), lw=1)
+        for label, history in histories.items():
+            pts = [(r["step"], r[key]) for r in history if key in r]
+            if pts:
+                steps, values = np.array(pts, dtype=float).T
+                window = max(1, len(values) // 20) if len(histories) > 1 else 1
+                smooth = np.convolve(values, np.ones(window) / window, mode="valid")
+                ax.plot(steps[window - 1 :], smooth, lw=1, label=label or None)
         ax.set_title(key)
         ax.set_xlabel("step")
+    if len(histories) > 1:
+        axes[0][-1].legend(fontsize=6)
     fig.suptitle(title)
     _save(fig, path)
     return True
@@ -84,16 +95,19 @@ def plot_overlays(pred: Predictions, path: Path) -> None:
     _save(fig, path)
 
 
-def task_plot(pred: Predictions, target_kind: str, class_names: list[str], run_dir: Path) -> str:
+#: The picture of each kind of target: its file name and how it is drawn.
+TASK_PLOTS = {
+    TargetKind.LABEL: ("confusion_matrix.png", plot_confusion),
+    TargetKind.TARGET: ("scatter.png", lambda pred, class_names, path: plot_scatter(pred, path)),
+    TargetKind.MASK: ("overlays.png", lambda pred, class_names, path: plot_overlays(pred, path)),
+}
+
+
+def task_plot(pred: Predictions, target_kind: TargetKind, class_names: list[str], run_dir: Path) -> str:
     """The picture for the head's kind of target; returns its file name."""
-    if target_kind == "label":
-        plot_confusion(pred, class_names, run_dir / "confusion_matrix.png")
-        return "confusion_matrix.png"
-    if target_kind == "target":
-        plot_scatter(pred, run_dir / "scatter.png")
-        return "scatter.png"
-    plot_overlays(pred, run_dir / "overlays.png")
-    return "overlays.png"
+    name, plot = TASK_PLOTS[target_kind]
+    plot(pred, class_names, run_dir / name)
+    return name
 
 
 def _fmt(value) -> str:

@@ -112,6 +112,13 @@ class LevelHooks:
 
         return hook
 
+    def captured(self) -> list[torch.Tensor]:
+        """Every level's output, shallow to deep; a level that did not run is an error naming it."""
+        missing = [spec.module_name for spec, out in zip(self.levels, self.outputs) if out is None]
+        if missing:
+            raise RuntimeError(f"levels {missing} did not run in the forward pass")
+        return [out for out in self.outputs if out is not None]
+
     def __enter__(self) -> LevelHooks:
         modules = dict(self.model.named_modules())
         for i, spec in enumerate(self.levels):
@@ -137,4 +144,4 @@ def extract_levels(model: nn.Module, x: torch.Tensor, levels: list[LevelSpec] | 
         run_features(model, x)
     hw = (x.shape[-2], x.shape[-1])
     layout, prefix = model_layout(model), int(getattr(model, "num_prefix_tokens", 0) or 0)
-    return [to_map(out, spec, hw, layout, prefix) for out, spec in zip(hooks.outputs, levels)]
+    return [to_map(out, spec, hw, layout, prefix) for out, spec in zip(hooks.captured(), levels)]

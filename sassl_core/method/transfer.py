@@ -95,17 +95,17 @@ class DualEncoder(nn.Module):
         if self.generic is None:
             with LevelHooks(self.special, self.levels) as special_hooks:
                 run_features(self.special, x)
-            return self._maps(special_hooks.outputs, hw)
+            return self._maps(special_hooks.captured(), hw)
         with torch.no_grad(), LevelHooks(self.generic, self.levels) as generic_hooks:
             run_features(self.generic, x)
-        generic_out = generic_hooks.outputs
+        generic_out = generic_hooks.captured()
 
         def add_generic(index: int, out: torch.Tensor) -> torch.Tensor:  # Eq. 8
             return out + generic_out[index]
 
         with LevelHooks(self.special, self.levels, add_generic) as special_hooks:
             run_features(self.special, x)
-        return [fuse(g, s) for g, s in zip(self._maps(generic_out, hw), self._maps(special_hooks.outputs, hw))]
+        return [fuse(g, s) for g, s in zip(self._maps(generic_out, hw), self._maps(special_hooks.captured(), hw))]
 
 
 def _modules_through_level(model: nn.Module, levels: list[LevelSpec], count: int) -> list[str]:

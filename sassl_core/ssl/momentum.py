@@ -36,8 +36,8 @@ def ema_update(target: nn.Module, online: nn.Module, momentum: float) -> None:
     >>> round(target.weight.item(), 6)
     0.1
     """
-    target_params = list(target.parameters())
-    online_params = list(online.parameters())
+    target_params: list[torch.Tensor] = list(target.parameters())
+    online_params: list[torch.Tensor] = list(online.parameters())
     if len(target_params) != len(online_params):
         raise ValueError("ema_update: target and online networks have different parameters")
     torch._foreach_lerp_(target_params, online_params, 1.0 - momentum)

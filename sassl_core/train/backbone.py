@@ -46,4 +46,7 @@ def check_input_size(model: nn.Module, name: str, image_size: int) -> None:
 
 def pooled_dim(model: nn.Module) -> int:
     """Size of the pooled feature vector ``model`` returns (timm: head_hidden_size or num_features)."""
-    return int(getattr(model, "head_hidden_size", None) or model.num_features)
+    size = getattr(model, "head_hidden_size", None) or getattr(model, "num_features", None)
+    if size is None:
+        raise UserError(f"backbone {type(model).__name__}: no num_features (a backbone is a timm-style model)")
+    return int(size)

@@ -76,6 +76,7 @@ def load_encoder_state(path: str | Path, model: nn.Module | None = None) -> dict
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: encoder weights file not found")
+    state: object  # checked below: a torch file may hold anything
     if path.suffix == ".safetensors":
         from safetensors import SafetensorError
         from safetensors.torch import load_file

@@ -9,6 +9,7 @@ import hashlib
 import itertools
 import os
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +48,15 @@ def prepare_dataset(cfg: RunConfig, plugins: PluginSet) -> PreparedData:
     prepared = plugins["dataset"].create(cfg.data.dataset, cfg.data.options, context=context)
     if len(prepared.patches) == 0:
         raise UserError(f"dataset '{cfg.data.dataset}': no patches found under {cfg.data.root}")
+    held_out = cfg.data.held_out_source
+    if held_out is not None:
+        sources = sorted(set(prepared.patches["source"].astype(str)))
+        if held_out not in sources or len(sources) < 2:
+            raise UserError(
+                f"data.held_out_source: expected one of the dataset's {len(sources)} sources "
+                f"({', '.join(sources[:8])}{', ...' if len(sources) > 8 else ''}) with others left to train on, found {held_out!r}"
+            )
+        prepared = replace(prepared, patches=prepared.patches.hold_out(held_out))
     return prepared
 
 

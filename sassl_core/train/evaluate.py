@@ -12,10 +12,10 @@ import torch
 from sassl_core.config import RunConfig
 from sassl_core.errors import UserError
 from sassl_core.interfaces import PreparedData
-from sassl_core.metrics import aggregate_by_slide
+from sassl_core.train.batchnorm import adapted_copy
 from sassl_core.train.checkpoint import atomic_write
 from sassl_core.train.data import patch_dataset, sequential_batches, to_device
-from sassl_core.train.finetune import TARGET_COLUMN, DownstreamModel, labelled
+from sassl_core.train.finetune import DownstreamModel
 from sassl_core.train.runtime import Runtime, autocast
 from sassl_core.wsi.dataset import make_loader
 from sassl_core.wsi.patches import PatchTable
@@ -43,24 +43,45 @@ def predict(
 ) -> Predictions:
     split = evaluation_split(prepared.patches)
     kind = model.head.target_kind
-    table = labelled(prepared.patches.split(split), kind)
+    table = kind.labelled(prepared.patches.split(split))
     if len(table) == 0:
         raise UserError(f"no labelled '{split}' patches for task '{cfg.task.name}'")
-    dataset = patch_dataset(cfg, table, with_masks=kind == "mask", quiet=True)
-    order = sequential_batches(len(table), cfg.finetune.batch_size)
+    if cfg.task.adapt_bn:  # rows of one source together, each source with its own statistics
+        table = table.select(np.argsort(table["source"].astype(str), kind="stable"))
+    dataset = patch_dataset(cfg, table, with_masks=kind.reads_masks, quiet=True)
     model.eval()
-    preds, targets, images = [], [], []
-    for batch in make_loader(dataset, batch_sampler=order, num_workers=cfg.data.num_workers):
-        batch = to_device(batch, rt.device)
-        with autocast(rt.device, cfg.trainer.amp):
-            output = model(batch["image"])
-        preds.append(model.head.predict(output.float()).cpu().numpy())
-        targets.append(batch[TARGET_COLUMN[kind]].cpu().numpy())
-        if sum(len(i) for i in images) < keep_images:
-            images.append(batch["image"].cpu().numpy())
+    preds: list[np.ndarray] = []
+    targets: list[np.ndarray] = []
+    images: list[np.ndarray] = []
+    for source_model, order in _source_models(cfg, model, table, dataset, rt):
+        for batch in make_loader(dataset, batch_sampler=order, num_workers=cfg.data.num_workers):
+            batch = to_device(batch, rt.device)
+            with autocast(rt.device, cfg.trainer.amp):
+                output = source_model(batch["image"])
+            preds.append(model.head.predict(output.float()).cpu().numpy())
+            targets.append(batch[kind.column].cpu().numpy())
+            if sum(len(i) for i in images) < keep_images:
+                images.append(batch["image"].cpu().numpy())
     return Predictions(
         split, table, np.concatenate(preds), np.concatenate(targets), np.concatenate(images)[:keep_images]
     )
+
+
+def _source_models(cfg: RunConfig, model: DownstreamModel, table: PatchTable, dataset, rt: Runtime):
+    """``(model, index batches)`` to predict with: ``model`` over every row, or with
+    ``task.adapt_bn`` one AdaBN copy per source (:func:`adapted_copy`) over that source's rows
+    (contiguous: ``table`` is sorted by source)."""
+    batch_size = cfg.finetune.batch_size
+    if not cfg.task.adapt_bn:
+        yield model, sequential_batches(len(table), batch_size)
+        return
+    sources = table["source"].astype(str)
+    for source in dict.fromkeys(sources):
+        rows = np.flatnonzero(sources == source)
+        order = [rows[i : i + batch_size].tolist() for i in range(0, len(rows), batch_size)]
+        loader = make_loader(dataset, batch_sampler=order, num_workers=cfg.data.num_workers)
+        images = (to_device(batch, rt.device)["image"] for batch in loader)
+        yield adapted_copy(model, images), order
 
 
 def compute_metrics(cfg: RunConfig, model: DownstreamModel, result: Predictions) -> dict:
@@ -72,9 +93,10 @@ def compute_metrics(cfg: RunConfig, model: DownstreamModel, result: Predictions)
         "n_patches": int(len(result.table)),
         "metrics": model.head.metrics(result.predictions, result.targets, sources),
     }
-    if model.head.target_kind == "label" and cfg.task.slide_aggregation == "mean":
-        slides = result.table["slide_id"].astype(str)
-        names, probs = aggregate_by_slide(slides, result.predictions)
+    slides = result.table["slide_id"].astype(str)
+    pooled = model.head.slide_predictions(slides, result.predictions) if cfg.task.slide_aggregation == "mean" else None
+    if pooled is not None:
+        names, probs = pooled
         first = np.array([np.flatnonzero(slides == s)[0] for s in names])
         slide_labels = all(len(np.unique(result.targets[slides == s])) == 1 for s in names)
         if len(names) < len(slides) and slide_labels:  # slide-level labels (PANDA, TCGA)

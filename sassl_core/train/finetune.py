@@ -7,11 +7,9 @@ feed the task head through the fused features ``f_e = f_g ⊙ f_s + σ(f_s)``;
 
 from __future__ import annotations
 
-import typing
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -27,9 +25,6 @@ from sassl_core.train.inputs import ModelInput, build_model_input
 from sassl_core.train.optim import build_optimizer, warmup_cosine
 from sassl_core.train.runtime import Runtime, autocast, prepare_model
 from sassl_core.train.trainer import Phase, Program, Trainer
-from sassl_core.wsi.patches import PatchTable
-
-TARGET_COLUMN = {"label": "label", "target": "target", "mask": "mask"}
 
 
 class DownstreamModel(nn.Module):
@@ -63,39 +58,15 @@ def resolve_pretrained(path: Path | None) -> Path | None:
     return path
 
 
-def declared_target_kind(factory) -> str:
-    """Which labels a task factory's head learns from: its ``target_kind`` attribute, else the
-    ``target_kind`` of the head class its return annotation names (``'label'`` by default)."""
-    if hasattr(factory, "target_kind"):
-        return factory.target_kind
-    try:
-        head_class = typing.get_type_hints(factory).get("return")
-    except (NameError, TypeError):
-        head_class = None
-    return getattr(head_class, "target_kind", "label")
-
-
-def num_outputs(kind: str, task: str, prepared: PreparedData) -> int | None:
-    """Classes for a label head, mask classes for a mask head, ``None`` for regression."""
-    if kind == "target":
-        return None
-    if kind == "mask":
-        return prepared.seg_classes
-    if prepared.num_classes < 2:
-        raise UserError(f"dataset has {prepared.num_classes} classes; the '{task}' task needs at least 2")
-    return prepared.num_classes
-
-
 def build_downstream(
     cfg: RunConfig, plugins: PluginSet, prepared: PreparedData, pretrained: Path | None
 ) -> DownstreamModel:
-    component = plugins["task"].get(cfg.task.name)
-    kind = declared_target_kind(component.factory)
-    needed = {"label": "cls", "target": "reg", "mask": "seg"}[kind]
-    if needed not in prepared.tasks:
+    kind = plugins["task"].get(cfg.task.name).target_kind
+    assert kind is not None  # every task declares one when it registers
+    if kind not in prepared.target_kinds:
         raise UserError(
-            f"task.name: '{cfg.task.name}' learns from {kind}s, but dataset '{cfg.data.dataset}' has no {needed} labels "
-            f"(it supports: {', '.join(prepared.tasks)})"
+            f"task.name: '{cfg.task.name}' learns from {kind}s, but dataset '{cfg.data.dataset}' has none "
+            f"(it has: {', '.join(map(str, prepared.target_kinds)) or 'no targets'})"
         )
 
     def make_backbone() -> nn.Module:
@@ -114,23 +85,9 @@ def build_downstream(
         cfg.task.name,
         cfg.task.options,
         feature_channels=encoder.feature_channels,
-        num_outputs=num_outputs(kind, cfg.task.name, prepared),
+        num_outputs=kind.num_outputs(prepared, cfg.task.name),
     )
     return DownstreamModel(encoder, head, cfg.data.image_size, build_model_input(cfg, plugins))
-
-
-def labelled(table: PatchTable, kind: str) -> PatchTable:
-    """The rows that carry the ``kind`` of label a head learns from (masks: every row)."""
-    if kind == "label":
-        return table.select(table["label"] >= 0)
-    if kind == "target":
-        return table.select(~np.isnan(table["target"].astype(float)))
-    return table
-
-
-def targets_of(batch: dict, kind: str) -> torch.Tensor:
-    value = batch[TARGET_COLUMN[kind]]
-    return value.long() if kind in ("label", "mask") else value.float()
 
 
 def random_dihedral(images: torch.Tensor, masks: torch.Tensor | None, generator: torch.Generator):
@@ -155,10 +112,10 @@ def finetune(
 ) -> FinetuneResult:
     model = prepare_model(build_downstream(cfg, plugins, prepared, pretrained), rt, cfg.trainer.sync_bn, False)
     kind = model.head.target_kind
-    table = labelled(prepared.patches.split("train"), kind)
+    table = kind.labelled(prepared.patches.split("train"))
     if len(table) == 0:
         raise UserError(f"dataset '{cfg.data.dataset}': no labelled training patches for task '{cfg.task.name}'")
-    dataset = patch_dataset(cfg, table, with_masks=kind == "mask", quiet=cfg.output.quiet or not rt.is_main)
+    dataset = patch_dataset(cfg, table, with_masks=kind.reads_masks, quiet=cfg.output.quiet or not rt.is_main)
     batch_size = cfg.finetune.batch_size
     if batch_size > len(table):
         raise UserError(
@@ -177,7 +134,7 @@ def finetune(
             batch["mask"] = masks
         with autocast(rt.device, cfg.trainer.amp):
             output = program_model(images)
-        loss = model.head.loss(output.float(), targets_of(batch, kind))
+        loss = model.head.loss(output.float(), model.head.targets(batch))
         yield Phase("task", loss, {"loss": loss.detach()})
 
     program = Program(

@@ -61,6 +61,9 @@ class ModelInput(nn.Module):
     [1.0, 1.0, 1.0]
     """
 
+    mean: torch.Tensor  # buffers (1, 3, 1, 1)
+    std: torch.Tensor
+
     def __init__(self, stats: InputConfig, stain: StainFunction | None = None) -> None:
         super().__init__()
         self.stain = stain

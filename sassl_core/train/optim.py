@@ -12,7 +12,8 @@ from sassl_core.config import OptimConfig
 
 def param_groups(module: nn.Module, weight_decay: float) -> list[dict]:
     """Two groups: weight decay on weights, none on norms and biases (any 1-d parameter)."""
-    decay, no_decay = [], []
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
     for p in module.parameters():
         if p.requires_grad:
             (no_decay if p.ndim <= 1 else decay).append(p)

@@ -9,6 +9,7 @@ everything else identical.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,9 +18,10 @@ import torch
 
 from sassl_core.config import RunConfig
 from sassl_core.errors import UserError
-from sassl_core.interfaces import PreparedData, SSLOutput
+from sassl_core.interfaces import PreparedData, SSLMethod, SSLOutput
 from sassl_core.method.adversary import StainAdversary
 from sassl_core.method.sampler import SourceBalancedBatchSampler
+from sassl_core.method.style import StyleTap
 from sassl_core.plugins import PluginSet
 from sassl_core.train.backbone import create_backbone, pooled_dim
 from sassl_core.train.checkpoint import export_encoder
@@ -39,29 +41,41 @@ class PretrainResult:
     history: list[dict]
 
 
-def build_ssl_model(cfg: RunConfig, plugins: PluginSet) -> torch.nn.Module:
+def build_ssl_model(cfg: RunConfig, plugins: PluginSet) -> SSLMethod:
     encoder = create_backbone(plugins, cfg.backbone.name, cfg.backbone.options, cfg.data.image_size)
     return plugins["ssl"].create(cfg.ssl.method, cfg.ssl.options, encoder=encoder, feature_dim=pooled_dim(encoder))
 
 
-def adversary_inputs(out: SSLOutput, embedding: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """The two views' embeddings the stain discriminator reads (``sassl.embedding``)."""
-    return (out.h1, out.h2) if embedding == "encoder" else (out.s1, out.s2)
-
-
-def _embedding_dim(cfg: RunConfig, model: torch.nn.Module, device: torch.device) -> int:
-    probe = torch.zeros(2, 3, cfg.data.image_size, cfg.data.image_size, device=device)
-    was_training = model.training
-    model.eval()
-    with torch.no_grad():
-        s1, _ = adversary_inputs(model(probe, probe), cfg.sassl.embedding)
-    model.train(was_training)
-    if s1 is None:
+def adversary_inputs(out: SSLOutput, cfg: RunConfig, tap: StyleTap | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The two views' embeddings the stain discriminator reads (``sassl.embedding``): the
+    projector outputs, the encoder's pooled features, or the style statistics ``tap`` recorded."""
+    if tap is not None:
+        s1, s2 = tap.views(2)
+        return s1, s2
+    if cfg.sassl.embedding == "projector":
+        return out.s1, out.s2
+    if out.h1 is None or out.h2 is None:
         raise UserError(
             f"sassl.embedding: ssl method '{cfg.ssl.method}' does not return its encoder features "
             "(SSLOutput.h1/h2); expected 'projector' for it"
         )
-    return int(s1.shape[1])
+    return out.h1, out.h2
+
+
+def style_tap(cfg: RunConfig, model: SSLMethod) -> StyleTap | None:
+    """Hooks recording the encoder's feature levels when D reads their style (``sassl.embedding = 'style'``)."""
+    return StyleTap(model.encoder, cfg.data.image_size) if cfg.sassl.embedding == "style" else None
+
+
+def _embedding_dim(cfg: RunConfig, model: SSLMethod, device: torch.device) -> int:
+    probe = torch.zeros(2, 3, cfg.data.image_size, cfg.data.image_size, device=device)
+    was_training = model.training
+    model.eval()
+    tap = style_tap(cfg, model)
+    with torch.no_grad(), tap or contextlib.nullcontext():
+        out = model(probe, probe)
+    model.train(was_training)
+    return int(adversary_inputs(out, cfg, tap)[0].shape[1])
 
 
 def balanced_sampler(cfg: RunConfig, ids, rt: Runtime) -> SourceBalancedBatchSampler:
@@ -83,7 +97,7 @@ def balanced_sampler(cfg: RunConfig, ids, rt: Runtime) -> SourceBalancedBatchSam
 
 def build_pretrain_program(
     cfg: RunConfig, plugins: PluginSet, rt: Runtime, source_of: torch.Tensor
-) -> tuple[Program, torch.nn.Module]:
+) -> tuple[Program, SSLMethod]:
     """The pretraining step as a trainer :class:`Program` (also what the benchmarks time).
 
     ``source_of`` maps a batch's ``index`` (patch-table row) to its stain-source id.
@@ -93,6 +107,7 @@ def build_pretrain_program(
     views = ViewGenerator(ViewOptions.model_validate(cfg.ssl.views), scale=inputs.scale)
     view_rng = torch.Generator(device=rt.device).manual_seed(cfg.trainer.seed * 1000 + rt.rank)
     forward = torch.compile(model) if cfg.trainer.compile else model
+    tap = style_tap(cfg, model) if cfg.sassl.enabled else None
 
     steps = cfg.pretrain.steps
     optimizers = {"ssl": build_optimizer(model, cfg.pretrain.optim)}
@@ -122,14 +137,14 @@ def build_pretrain_program(
         x1, x2 = views.two_views(images, cfg.data.image_size, generator=view_rng)
         if cfg.trainer.channels_last:
             x1, x2 = x1.contiguous(memory_format=torch.channels_last), x2.contiguous(memory_format=torch.channels_last)
-        with autocast(rt.device, cfg.trainer.amp):
+        with autocast(rt.device, cfg.trainer.amp), tap or contextlib.nullcontext():
             out = forward(x1, x2)
         logs = {"L_ssl": out.loss.detach()}
         if adversary is None:
             yield Phase("ssl", out.loss, logs)
             return
         src = source_of[batch["index"]]
-        s1, s2 = (s.float() for s in adversary_inputs(out, cfg.sassl.embedding))
+        s1, s2 = (s.float() for s in adversary_inputs(out, cfg, tap))
         d_loss, d_stats = adversary.discriminator_loss(s1, s2, src)
         yield Phase("discriminator", d_loss, {"L_D": d_loss.detach()})
         g_term, g_stats = adversary.generator_term(s1, s2, src, step)

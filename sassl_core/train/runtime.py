@@ -6,12 +6,15 @@ import contextlib
 import os
 import random
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
 from sassl_core.errors import UserError
+
+ModelT = TypeVar("ModelT", bound=torch.nn.Module)
 
 
 @dataclass(frozen=True)
@@ -71,7 +74,9 @@ def autocast(device: torch.device, enabled: bool):
 
 def rng_state() -> dict:
     """RNG states in types that ``torch.load(weights_only=True)`` accepts."""
-    name, keys, pos, has_gauss, cached = np.random.get_state()
+    legacy = np.random.get_state(legacy=True)
+    assert isinstance(legacy, tuple)  # the legacy form is always a tuple; numpy's stubs say tuple | dict
+    name, keys, pos, has_gauss, cached = legacy
     state = {
         "python": random.getstate(),
         "numpy": [name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
@@ -91,7 +96,7 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def prepare_model(model: torch.nn.Module, rt: Runtime, sync_bn: bool, channels_last: bool) -> torch.nn.Module:
+def prepare_model(model: ModelT, rt: Runtime, sync_bn: bool, channels_last: bool) -> ModelT:
     """Move ``model`` to the device; SyncBatchNorm across processes and channels_last on request."""
     if sync_bn and rt.distributed:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)

@@ -54,7 +54,7 @@ class Program:
     phases: Callable[[dict, int], Iterator[Phase]]
     after_step: Callable[[int], None] = lambda step: None
     extra_state: Callable[[], dict] = dict  # e.g. a view generator's RNG
-    load_extra_state: Callable[[dict], None] = lambda state: None
+    load_extra_state: Callable[[dict], object] = lambda state: None  # what it returns is ignored
 
 
 def finite_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> bool:

@@ -124,7 +124,8 @@ class ViewGenerator(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Two independently drawn views ``(x1, x2)`` of every image (made in one pass)."""
         images = self.to_float(batch)
-        return tuple(self.views(images, out_size, copies=2, generator=generator).chunk(2))  # type: ignore[return-value]
+        x1, x2 = self.views(images, out_size, copies=2, generator=generator).chunk(2)
+        return x1, x2
 
     @staticmethod
     def to_float(batch: torch.Tensor) -> torch.Tensor:

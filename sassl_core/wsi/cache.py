@@ -77,6 +77,40 @@ def read_mask(row: Mapping, patch_size: int) -> np.ndarray:
     return _resize(np.ascontiguousarray(labels), patch_size, nearest=True)
 
 
+def _extract(
+    table: PatchTable,
+    folder: Path,
+    with_masks: bool,
+    progress: Callable[[int, int], None] | None,
+    workers: int | None,
+) -> None:
+    """Write every row's patch (and mask) to ``images.u8`` (``masks.u8``) in ``folder``."""
+    n, p = len(table), table.patch_size
+    images = np.memmap(folder / "images.u8", np.uint8, "w+", shape=(n, p, p, 3))
+    masks = np.memmap(folder / "masks.u8", np.uint8, "w+", shape=(n, p, p)) if with_masks else None
+    # slide-major order keeps each slide's reads together (file cache, tile cache)
+    order = np.lexsort((table["y"], table["x"], table["slide"].astype(str)))
+    chunks = [order[i : i + CHUNK] for i in range(0, n, CHUNK)]
+
+    def extract(rows: np.ndarray) -> int:
+        for i in rows:
+            row = table_row(table, i)
+            images[i] = read_patch(row, p)
+            if masks is not None:
+                masks[i] = read_mask(row, p)
+        return len(rows)
+
+    done = 0
+    with ThreadPoolExecutor(max_workers=workers or min(4, os.cpu_count() or 1)) as pool:
+        for count in pool.map(extract, chunks):
+            done += count
+            if progress is not None:
+                progress(done, n)
+    images.flush()
+    if masks is not None:
+        masks.flush()
+
+
 def table_fingerprint(table: PatchTable) -> str:
     """Digest of what determines the cached pixels: patch size and each row's source region."""
     digest = hashlib.sha256(str(table.patch_size).encode())
@@ -161,30 +195,7 @@ class PatchCache:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         try:
-            images = np.memmap(tmp / "images.u8", np.uint8, "w+", shape=(n, p, p, 3))
-            masks = np.memmap(tmp / "masks.u8", np.uint8, "w+", shape=(n, p, p)) if with_masks else None
-            # slide-major order keeps each slide's reads together (file cache, tile cache)
-            order = np.lexsort((table["y"], table["x"], table["slide"].astype(str)))
-            chunks = [order[i : i + CHUNK] for i in range(0, n, CHUNK)]
-
-            def extract(rows: np.ndarray) -> int:
-                for i in rows:
-                    row = table_row(table, i)
-                    images[i] = read_patch(row, p)
-                    if masks is not None:
-                        masks[i] = read_mask(row, p)
-                return len(rows)
-
-            done = 0
-            with ThreadPoolExecutor(max_workers=workers or min(4, os.cpu_count() or 1)) as pool:
-                for count in pool.map(extract, chunks):
-                    done += count
-                    if progress is not None:
-                        progress(done, n)
-            images.flush()
-            if masks is not None:
-                masks.flush()
-            images = masks = None  # close the memory maps before the rename
+            _extract(table, tmp, with_masks, progress, workers)  # its memory maps are closed on return
             header = {
                 "format": FORMAT,
                 "count": n,

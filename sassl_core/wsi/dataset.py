@@ -6,6 +6,8 @@ than float32) and the views are made there (``sassl_core.train.views``).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
@@ -48,7 +50,7 @@ class PatchDataset(Dataset):
         i = int(i)
         if self.cache is not None:
             image = np.array(self.cache.images[i])
-            mask = np.array(self.cache.masks[i]) if self.with_masks else None
+            mask = np.array(self.cache.masks[i]) if self.with_masks and self.cache.masks is not None else None
         else:
             row = table_row(self.table, i)
             image = read_patch(row, self.table.patch_size)
@@ -64,7 +66,7 @@ class PatchDataset(Dataset):
         rank = np.empty_like(order)
         rank[order] = np.arange(len(idx))  # position of each requested row in the sorted gather
         images = self.cache.images[idx[order]]
-        masks = self.cache.masks[idx[order]] if self.with_masks else None
+        masks = self.cache.masks[idx[order]] if self.with_masks and self.cache.masks is not None else None
         return [self._sample(int(i), images[r], None if masks is None else masks[r]) for i, r in zip(idx, rank)]
 
     def _sample(self, i: int, image: np.ndarray, mask: np.ndarray | None) -> dict:
@@ -83,7 +85,7 @@ class PatchDataset(Dataset):
 def make_loader(
     dataset: Dataset,
     batch_size: int | None = None,
-    batch_sampler: Sampler | None = None,
+    batch_sampler: Sampler[list[int]] | Iterable[list[int]] | None = None,
     num_workers: int = 0,
     pin_memory: bool | None = None,
     prefetch: int = 2,

@@ -51,9 +51,8 @@ class PatchTable:
     def from_rows(cls, rows: list[dict], patch_size: int) -> PatchTable:
         """Build from dicts; missing optional fields take their 'unknown' value."""
         defaults = {"label": -1, "target": float("nan"), "mask": "", "split": "train"}
-        cols = {k: [r.get(k, defaults.get(k)) for r in rows] for k in COLUMNS}
-        for k in ("slide_id",):
-            cols[k] = [r.get(k, r.get("source")) for r in rows]
+        cols = {k: _objects([r.get(k, defaults.get(k)) for r in rows]) for k in COLUMNS}
+        cols["slide_id"] = _objects([r.get("slide_id", r.get("source")) for r in rows])
         return cls(cols, patch_size)
 
     def __len__(self) -> int:
@@ -68,6 +67,14 @@ class PatchTable:
 
     def split(self, name: str) -> PatchTable:
         return self.select(self.columns["split"] == name)
+
+    def hold_out(self, source: str) -> PatchTable:
+        """The table with every patch of ``source`` (a centre) as the test split and the other
+        sources' test patches moved to training: a stain-shift split for any dataset."""
+        sources = self.columns["source"].astype(str)
+        split = self.columns["split"].astype(str)
+        split = np.where(sources == source, "test", np.where(split == "test", "train", split))
+        return PatchTable({**self.columns, "split": split.astype(object)}, self.patch_size)
 
     def source_ids(self, column: str = "source") -> np.ndarray:
         """Integer id per row of its ``column`` value (stable: sorted names)."""
@@ -91,7 +98,7 @@ class PatchTable:
                 header = json.loads(fh.readline())
                 rows = [json.loads(line) for line in fh if line.strip()]
             names = header["columns"]
-            cols = {k: [r[i] for r in rows] for i, k in enumerate(names)}
+            cols = {k: _objects([r[i] for r in rows]) for i, k in enumerate(names)}
             return cls(cols, int(header["patch_size"]))
         except FileNotFoundError:
             raise UserError(f"{path}: patch index not found") from None
@@ -105,3 +112,8 @@ def _plain(value):
     if isinstance(value, float) and value != value:
         return None
     return value
+
+
+def _objects(values: list) -> np.ndarray:
+    """``values`` as an object array; :class:`PatchTable` gives each column its type."""
+    return np.asarray(values, dtype=object)

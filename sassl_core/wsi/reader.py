@@ -85,7 +85,7 @@ class SlideReader(ABC):
     def thumbnail(self, max_side: int) -> np.ndarray:
         """RGB uint8 ``(h, w, 3)`` of the whole image, longest side ``max_side``."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - a no-op unless the reader holds a file
         """Release the file."""
 
     def __enter__(self) -> SlideReader:
@@ -110,7 +110,7 @@ class OpenSlideReader(SlideReader):
             region = self._slide.read_region((int(x), int(y)), int(level), (int(size), int(size)))
         except openslide.OpenSlideError as err:  # a corrupt or truncated tile
             raise UserError(f"{self.path}: unreadable region at ({x}, {y}) level {level} ({err})") from None
-        if region.getextrema()[3][0] == 255:  # opaque (the usual case): PIL's C conversion
+        if region.getchannel("A").getextrema()[0] == 255:  # opaque (the usual case): PIL's C conversion
             return np.asarray(region.convert("RGB"))
         return _flatten_rgba(np.asarray(region), fill)
 

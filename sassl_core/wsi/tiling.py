@@ -72,8 +72,8 @@ def tile_slide(
         )
     gx = np.arange(int((width - size0) // step0) + 1)
     gy = np.arange(int((height - size0) // step0) + 1)
-    grid_x, grid_y = np.meshgrid(gx, gy)
-    grid_x, grid_y = grid_x.ravel(), grid_y.ravel()
+    mesh_x, mesh_y = np.meshgrid(gx, gy)
+    grid_x, grid_y = mesh_x.ravel(), mesh_y.ravel()
     xs, ys = np.floor(grid_x * step0).astype(np.int64), np.floor(grid_y * step0).astype(np.int64)
     tissue = tissue if tissue is not None else detect_tissue(reader)
     keep = np.flatnonzero(tissue.fraction(xs, ys, size0) >= tissue_threshold)
@@ -204,7 +204,8 @@ def _tile_all(
                 raise UserError(f"{path}: another slide is already named {path.stem!r} (stems identify slides)")
             with open_slide(path, fallback_mpp) as reader:
                 tissue = detect_tissue(reader)
-                save_overlay(tissue.thumbnail, tissue.mask, overlays / f"{path.stem}_tissue.png")
+                if tissue.thumbnail is not None:  # always: detect_tissue keeps the thumbnail it read
+                    save_overlay(tissue.thumbnail, tissue.mask, overlays / f"{path.stem}_tissue.png")
                 kept = tile(reader, tissue)
         except UserError as err:
             if strict:

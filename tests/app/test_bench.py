@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from sassl_core.app.bench import expand_arms, mean_std, parse_arm, render_markdown, stain_shift_benchmark
+from sassl_core.app.bench import StainArm, expand_arms, mean_std, parse_arm, render_markdown, stain_shift_benchmark
 from sassl_core.app.bench_cli import SWITCH, add_bench_parser, bench_config, main
 from sassl_core.config import RunConfig
 from sassl_core.errors import UserError
@@ -37,20 +37,36 @@ def _parse(*argv):
 @pytest.mark.parametrize(
     "token, expected",
     [
-        ("ssl", (False, None)),
-        ("sassl", (True, None)),
-        ("reinhard", (False, "reinhard")),
-        ("ssl+macenko", (False, "macenko")),
-        ("sassl+vahadane", (True, "vahadane")),
+        ("ssl", StainArm(False)),
+        ("sassl", StainArm(True)),
+        ("reinhard", StainArm(False, "reinhard")),
+        ("ssl+macenko", StainArm(False, "macenko")),
+        ("sassl+vahadane", StainArm(True, "vahadane")),
+        ("hed", StainArm(False, hed=True)),
+        ("sassl-paper+hed", StainArm(True, None, "sassl-paper", True)),
+        ("ssl+macenko+adabn", StainArm(False, "macenko", adabn=True)),
     ],
 )
 def test_parse_arm(token, expected):
     assert parse_arm(token, NORMALISERS) == expected
 
 
+def test_arm_overrides_pin_the_variant_and_the_views():
+    (paper,) = expand_arms(RunConfig(), ["sassl-paper+hed"], NORMALISERS)
+    fields = paper.overrides()
+    assert fields["sassl"] == {
+        "enabled": True,
+        "generator": "affinity",
+        "source_key": "slide",
+        "embedding": "projector",
+    }
+    assert fields["ssl"]["views"]["hed_p"] == 1.0 and paper.name == "sassl-paper+hed"
+
+
 def test_unknown_arm_names_what_exists():
     with pytest.raises(
-        UserError, match=r"--arms: unknown arm 'reinhart'; expected ssl, sassl or a stain normaliser \(macenko"
+        UserError,
+        match=r"--arms: unknown arm 'reinhart'; expected ssl, sassl, sassl-paper.*hed, adabn or a stain normaliser \(macenko",
     ):
         parse_arm("reinhart", NORMALISERS)
 
@@ -64,7 +80,7 @@ def test_default_arms_keep_their_order_and_base_axes():
         "ssl": {"method": "simsiam"},
         "backbone": {"name": "resnet18"},
         "sassl": {"enabled": False},
-        "task": {"residual": True},
+        "task": {"residual": True, "adapt_bn": False},
         "data": {"stain_norm": "reinhard"},
     }
 
@@ -112,6 +128,8 @@ def test_markdown_table_has_one_row_per_arm():
         "in_domain_qwk": None,
         "per_centre_accuracy": {"centre0": stat, "centre2": stat},
         "centre_probe_accuracy": stat,
+        "centre_probe_adabn_accuracy": {"mean": 0.4, "std": 0.0, "n": 3},
+        "centre_probe_colour_accuracy": None,
         "centre_probe_majority": {"mean": 1 / 3, "std": 0.0, "n": 3},
     }
     arm = {
@@ -123,7 +141,7 @@ def test_markdown_table_has_one_row_per_arm():
         "summary": summary,
     }
     report = {
-        "test_centre": 2,
+        "held_out": "centre2",
         "dataset": "synthetic",
         "seeds": [0, 1, 2],
         "budget": {"image_size": 48, "pretrain_steps": 60, "finetune_steps": 60, "batch_size": 16},
@@ -131,17 +149,18 @@ def test_markdown_table_has_one_row_per_arm():
     }
     text = render_markdown(report)
     assert (
-        "| ssl | simsiam | resnet18 | no | – | yes | 0.500 ± 0.100 | 0.500 ± 0.100 | – | – | 0.500 ± 0.100 (0.33) |"
-        in text
+        "| ssl | simsiam | resnet18 | no | – | yes | 0.500 ± 0.100 | 0.500 ± 0.100 | – | – | 0.500 ± 0.100 "
+        "| 0.400 ± 0.000 | – |" in text
     )
     assert "| sassl | simsiam | resnet18 | yes |" in text
     assert "| arm | centre0 | centre2 |" in text
+    assert "chance is the majority share, 0.33" in text
 
 
 def test_config_merges_preset_then_flags_then_set():
     args = _parse(
         "--preset",
-        "cpu-small",
+        "cpu",
         "--steps",
         "7",
         "--set",
@@ -156,11 +175,17 @@ def test_config_merges_preset_then_flags_then_set():
         "x",
     )
     cfg = bench_config(args)
-    assert cfg.data.image_size == 48  # preset
+    assert cfg.data.image_size == 32  # preset
+    assert cfg.data.dataset == "synthetic"  # no --data-root: the restained preset falls back to synthetic
     assert cfg.pretrain.steps == 9  # --set beats --steps
     assert cfg.finetune.steps == 3
     assert args.seeds == [4, 5]
     assert args.ssl == ["simsiam", "byol"]
+
+
+def test_data_root_makes_the_preset_restain_that_tissue(tmp_path):
+    cfg = bench_config(_parse("--preset", "cpu", "--data-root", str(tmp_path), "--out", "x"))
+    assert (cfg.data.dataset, cfg.data.root) == ("restained", tmp_path)
 
 
 def test_cli_module_imports_no_torch():
@@ -181,7 +206,7 @@ def test_cli_bad_arm_exits_2_with_one_line(tmp_path, capsys):
 def test_benchmark_needs_a_classification_task(tmp_path):
     cfg = RunConfig.model_validate(TINY | {"task": {"name": "reg"}})
     with pytest.raises(UserError, match="task.name: the stain-shift benchmark scores classification .* found 'reg'"):
-        stain_shift_benchmark(cfg, tmp_path / "b", seeds=[0], arms=["ssl"], test_centre=2)
+        stain_shift_benchmark(cfg, tmp_path / "b", seeds=[0], arms=["ssl"], held_out="centre2")
     assert not (tmp_path / "b").exists()
 
 
@@ -190,7 +215,7 @@ def test_benchmark_writes_table_and_resumes(tmp_path):
     out = tmp_path / "bench"
     cfg = RunConfig.model_validate(TINY)
     report = stain_shift_benchmark(
-        cfg, out, seeds=[0, 1], arms=["ssl", "reinhard"], test_centre=2, log=lambda line: None
+        cfg, out, seeds=[0, 1], arms=["ssl", "reinhard"], held_out="centre2", log=lambda line: None
     )
     assert [a["name"] for a in report["arms"]] == ["ssl", "ssl+reinhard"]
     for arm in report["arms"]:
@@ -220,7 +245,7 @@ def test_benchmark_writes_table_and_resumes(tmp_path):
     marker = out / "ssl" / "seed0" / "bench_result.json"
     before = marker.stat().st_mtime_ns
     again = stain_shift_benchmark(
-        cfg, out, seeds=[0, 1], arms=["ssl", "reinhard"], test_centre=2, log=lambda line: None
+        cfg, out, seeds=[0, 1], arms=["ssl", "reinhard"], held_out="centre2", log=lambda line: None
     )
     assert marker.stat().st_mtime_ns == before  # finished runs are reused, not repeated
     assert again == report

@@ -79,3 +79,6 @@ def test_probe_reads_the_centre_off_stained_patches_and_not_off_unstained_ones(t
     assert stained["majority"] == pytest.approx(1 / 3) and same["majority"] == pytest.approx(1 / 3)
     assert stained["accuracy"] >= 0.6  # an untrained ResNet-18 at 32 px still passes colour through
     assert same["accuracy"] <= 0.45 < stained["accuracy"] - 0.2
+    assert stained["colour_accuracy"] >= 0.8 and same["colour_accuracy"] <= 0.55  # colour alone tells stained centres
+    # per-centre BatchNorm statistics take the global cast away from an untrained encoder
+    assert stained["adabn_accuracy"] < stained["accuracy"]

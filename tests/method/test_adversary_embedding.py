@@ -1,5 +1,6 @@
-"""``sassl.embedding``: the discriminator reads the projector outputs (paper) or the encoder's
-pooled features, and a method that does not return the latter is refused by name."""
+"""``sassl.embedding``: the discriminator reads the projector outputs (paper), the encoder's
+pooled features or the style statistics of its levels, and a method that does not return its
+pooled features is refused by name."""
 
 import types
 
@@ -38,11 +39,12 @@ def _first_discriminator_layer(program) -> torch.nn.Linear:
     return next(m for m in program.modules["discriminator"].modules() if isinstance(m, torch.nn.Linear))
 
 
-@pytest.mark.parametrize("embedding, width", [("projector", 24), ("encoder", 512)])
+# resnet18 pools 512 features; its 5 levels have 64+64+128+256+512 channels, a mean and a std each
+@pytest.mark.parametrize("embedding, width", [("projector", 24), ("encoder", 512), ("style", 2 * 1024)])
 def test_discriminator_reads_the_chosen_embedding_and_moves_the_encoder(embedding, width):
     plugins = load_plugins()
     program, model = build_pretrain_program(_cfg("simsiam", embedding), plugins, CPU, SOURCES)
-    assert _first_discriminator_layer(program).in_features == width  # resnet18 pools 512 features
+    assert _first_discriminator_layer(program).in_features == width
     batch = {"image": torch.randint(0, 256, (8, 32, 32, 3), dtype=torch.uint8), "index": torch.arange(8)}
     phases = program.phases(batch, 0)
     next(phases)  # the discriminator phase

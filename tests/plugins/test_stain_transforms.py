@@ -14,7 +14,6 @@ from sassl_core.plugins import load_plugins
 from tests.fixtures.he_images import SYNTHETIC_STAINS, shared_rgb, synthetic_he, synthetic_sparse_stains
 
 NAMES = ["reinhard", "macenko", "vahadane", "meanstd", "hed_jitter"]
-DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 UNIT_STAINS = SYNTHETIC_STAINS / np.linalg.norm(SYNTHETIC_STAINS, axis=1, keepdims=True)
 
 
@@ -35,16 +34,12 @@ def target_and_source():
 
 
 @pytest.mark.parametrize("name", NAMES)
-@pytest.mark.parametrize("device", DEVICES)
-def test_every_transform_is_registered_and_keeps_shape_device_range(stain, name, device):
-    transform = stain.create(name, {})
+def test_every_shipped_transform_changes_a_differently_stained_batch(stain, name):
+    """Shape, dtype, device and range are every transform's contract (tests/contract/test_stain_contract.py)."""
     target, source = target_and_source()
-    assert transform.fit(target[None]) is transform
-    batch = as_float_images(np.stack([source, target])).to(device)
-    out = transform(batch)
-    assert out.shape == batch.shape and out.device == batch.device and out.dtype == batch.dtype
-    assert out.min() >= 0 and out.max() <= 1
-    assert (out - batch).abs().mean() > 1e-3  # it did something
+    batch = as_float_images(np.stack([source, target]))
+    out = stain.create(name, {}).fit(target[None])(batch)
+    assert (out - batch).abs().mean() > 1e-3
 
 
 @pytest.mark.parametrize("name", ["reinhard", "macenko", "vahadane", "meanstd"])

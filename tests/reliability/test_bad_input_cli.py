@@ -309,7 +309,7 @@ def test_config_file_missing(tmp_path):
     [
         (
             ["--dataset", "pandas"],
-            "unknown dataset 'pandas'; available: breastpathq, camelyon16, panda, synthetic, tcga",
+            "unknown dataset 'pandas'; available: breastpathq, camelyon16, panda, restained, synthetic, tcga",
         ),
         (["--backbone", "resnet19"], "unknown backbone 'resnet19'; available: "),
         (["--backbone", "timm:resnet19"], "unknown timm model 'resnet19'"),

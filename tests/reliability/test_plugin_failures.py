@@ -1,6 +1,7 @@
 """A broken third-party plugin, installed for real (a distribution with ``sassl`` entry points
 on the path): it is named in the message, the other plugins keep working, and
-``SASSL_DISABLE_PLUGINS`` gets the user past it. Loader-level cases live in tests/test_plugins.py.
+``SASSL_DISABLE_PLUGINS`` gets the user past it; a bug in a factory is a traceback naming the
+plugin. Loader-level cases live in tests/test_plugins.py.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import pytest
 
 import sassl_core.plugins as plugins_module
 from tests.fixtures.cli_runs import cli
-from tests.pipeline.tiny import TINY
+from tests.pipeline.tiny import TINY, TINY_SYNTHETIC
 
 PLUGINS = {
     "raises_at_import": "raise ImportError(\"No module named 'missing_dependency'\")\n",
@@ -114,9 +115,14 @@ def test_doctor_fails_on_broken_plugins_until_they_are_disabled(installed, monke
     assert "plugin works (sassl-thirdparty-broken 0.1): ssl: thirdparty_ok" in fine.out
 
 
+def _env_with(site: Path) -> dict[str, str]:
+    """The environment of a fresh interpreter that sees the distribution through the path alone."""
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))}
+
+
 def test_console_script_with_the_distribution_installed(site):
     """The same through a fresh interpreter, where only the path makes the distribution visible."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))}
+    env = _env_with(site)
     env["SASSL_DISABLE_PLUGINS"] = "raises_at_import"
     proc = subprocess.run(
         [sys.executable, "-m", "sassl_core.app.cli", "plugins"], capture_output=True, text=True, env=env
@@ -128,3 +134,20 @@ def test_console_script_with_the_distribution_installed(site):
         f"FAILED hook_fails ({DIST}): {EXPECTED_ERRORS['hook_fails']}",
     ]
     assert any(line.startswith(f"works ({DIST} 0.1) — ssl: thirdparty_ok") for line in proc.stdout.splitlines())
+
+
+def test_a_bug_in_a_factory_is_a_traceback_naming_the_plugin(site, tmp_path):
+    """An exception other than a user error, raised while a plugin builds its component, is a bug
+    (CONTRIBUTING §3): the command shows its traceback, with a note naming the component and the
+    plugin, and exits with status 1, not the user-error status 2."""
+    env = _env_with(site)
+    env["SASSL_DISABLE_PLUGINS"] = ",".join(BROKEN)
+    tiny = ["--device", "cpu", "--image-size", "32", "--batch-size", "8", "--quiet", *TINY_SYNTHETIC]  # no ssl.options
+    args = ["pretrain", "--out", str(tmp_path / "run"), *tiny, "--ssl", "thirdparty_ok"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "sassl_core.app.cli", *args], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert "Traceback" in proc.stderr and "NotImplementedError" in proc.stderr
+    assert "raised by ssl method 'thirdparty_ok' of plugin 'works'" in proc.stderr
+    assert not [line for line in proc.stderr.splitlines() if line.startswith("error:")]

@@ -57,9 +57,15 @@ def class_probabilities(cumulative_logits: torch.Tensor) -> torch.Tensor:
 
 
 class OrdinalHead(TaskHead):
-    """Pooled deepest level → scalar score → cumulative logits against ordered thresholds."""
+    """Pooled deepest level → scalar score → cumulative logits against ordered thresholds.
 
-    target_kind = "label"
+    Registered with ``target_kind=TargetKind.LABEL``: it learns from the dataset's class labels
+    and predicts class probabilities ``(B, K)``, so the core's defaults for labels (heatmap
+    value, slide pooling) apply. Its ``forward`` returns ``K − 1`` cumulative logits, not one
+    score per class, so Grad-CAM does not explain it.
+    """
+
+    class_scores = False
 
     def __init__(self, in_channels: int, num_classes: int, options: OrdinalOptions) -> None:
         super().__init__()

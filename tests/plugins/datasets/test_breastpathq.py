@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from sassl_core.errors import UserError
+from sassl_core.interfaces import TargetKind
 from sassl_core.wsi.cache import read_patch, table_row
 from tests.fixtures.layouts import BREASTPATHQ, make_breastpathq
 
@@ -13,7 +14,7 @@ def test_patches_targets_sources_splits(datasets, context, tmp_path):
     root = make_breastpathq(tmp_path / "bpq")
     data = datasets.create("breastpathq", {}, context=context(root))
     table = data.patches
-    assert data.tasks == ("reg",)
+    assert data.target_kinds == (TargetKind.TARGET,)
     expected = {f"{s}_{r}.tif": y for _, items in BREASTPATHQ.values() for s, r, y in items}
     names = [p.rsplit("/", 1)[-1] for p in table["slide"]]
     assert dict(zip(names, table["target"])) == expected

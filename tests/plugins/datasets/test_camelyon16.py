@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from sassl_core.errors import UserError
+from sassl_core.interfaces import TargetKind
 from sassl_core.wsi.cache import read_mask, table_row
 from sassl_plugins.datasets.camelyon16 import parse_asap
 from tests.fixtures.layouts import CAMELYON_LESION, asap_xml, make_camelyon16
@@ -28,7 +29,7 @@ def test_parse_asap_groups(tmp_path):
 def test_tumour_slides_masks_and_splits(datasets, context, camelyon_root):
     data = datasets.create("camelyon16", {"mask_downsample": 2}, context=context(camelyon_root))
     table = data.patches
-    assert data.tasks == ("seg", "cls") and data.seg_classes == 2
+    assert data.target_kinds == (TargetKind.MASK, TargetKind.LABEL) and data.seg_classes == 2
     assert set(table["slide_id"]) == {"tumor_001", "tumor_002", "tumor_003", "test_001"}  # paper: tumour only
     assert set(table["split"][table["slide_id"] == "test_001"]) == {"test"}
     assert set(table["label"]) == {0, 1}

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from sassl_core.errors import UserError
+from sassl_core.interfaces import TargetKind
 from tests.fixtures.layouts import PANDA_SLIDES, make_panda, write_label_tiff
 
 
@@ -17,7 +18,7 @@ def panda_root(tmp_path_factory):
 def test_every_patch_carries_its_slides_isup_grade(datasets, context, panda_root):
     data = datasets.create("panda", {}, context=context(panda_root))
     table = data.patches
-    assert data.tasks == ("cls",) and data.num_classes == 6
+    assert data.target_kinds == (TargetKind.LABEL,) and data.num_classes == 6
     grades = {image_id: isup for image_id, _, isup, _ in PANDA_SLIDES}
     assert {table["slide_id"][i]: table["label"][i] for i in range(len(table))} == grades
     assert set(table["source"]) == {"karolinska", "radboud"}  # source = data provider

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from sassl_core.interfaces import TargetKind
 from sassl_core.wsi.cache import read_mask, read_patch, table_row
 from sassl_plugins.datasets.synthetic import SyntheticOptions, ensure_slides
 from sassl_plugins.datasets.synthetic_slides import centre_stains, draw_slide
@@ -40,7 +41,8 @@ def test_dataset_labels_splits_and_cache(datasets, context, tmp_path):
     ctx = context(None, patch_size=64, max_per_slide=12)
     data = datasets.create("synthetic", SMALL, context=ctx)
     table = data.patches
-    assert data.tasks == ("cls", "reg", "seg") and data.class_names == ["low", "intermediate", "high"]
+    assert data.target_kinds == (TargetKind.LABEL, TargetKind.TARGET, TargetKind.MASK)
+    assert data.class_names == ["low", "intermediate", "high"]
     assert set(table["split"]) == {"train", "val", "test"}
     for slide in set(table["slide_id"]):
         assert len(set(table["split"][table["slide_id"] == slide])) == 1
@@ -59,10 +61,9 @@ def test_dataset_labels_splits_and_cache(datasets, context, tmp_path):
 
 
 def test_held_out_centre_and_provider_source(datasets, context):
-    options = {**SMALL, "test_centre": 2}
-    table = datasets.create("synthetic", options, context=context(None, max_per_slide=5)).patches
+    table = datasets.create("synthetic", SMALL, context=context(None, max_per_slide=5)).patches
     assert set(table["source"]) == {"centre0", "centre1", "centre2"}
-    assert set(table["split"][table["source"] == "centre2"]) == {"test"}
-    assert "test" not in set(table["split"][table["source"] != "centre2"])
-    with pytest.raises(Exception, match="test_centre"):
-        datasets.create("synthetic", {**SMALL, "test_centre": 3}, context=context(None))
+    held = table.hold_out("centre2")
+    assert set(held["split"][held["source"] == "centre2"]) == {"test"}
+    assert "test" not in set(held["split"][held["source"] != "centre2"])
+    assert set(held["split"]) == {"train", "val", "test"}

@@ -4,13 +4,15 @@ import numpy as np
 import torch
 from head_helpers import CHANNELS, fit, make_levels
 
+from sassl_core.interfaces import TargetKind
+from sassl_core.plugins import default_plugins
 from sassl_plugins.tasks import reg
 
 
 def test_values_in_unit_interval_and_learning():
     levels = make_levels(8)
-    head = reg.build(reg.RegressionOptions(hidden_dim=32), CHANNELS, None)
-    assert head.target_kind == "target"
+    head = default_plugins()["task"].create("reg", {"hidden_dim": 32}, feature_channels=CHANNELS, num_outputs=None)
+    assert head.target_kind is TargetKind.TARGET
     out = head(levels, 32)
     assert out.shape == (8,) and ((out > 0) & (out < 1)).all()
     assert torch.equal(head.predict(out), out)

@@ -6,6 +6,8 @@ import torch
 from head_helpers import CHANNELS, fit, make_levels
 
 from sassl_core.errors import UserError
+from sassl_core.interfaces import TargetKind
+from sassl_core.plugins import default_plugins
 from sassl_plugins.tasks import seg
 
 DECODERS = ["unet", "unetpp", "deeplabv3plus"]
@@ -19,8 +21,9 @@ def square_masks(batch=4, size=32):
 
 @pytest.mark.parametrize("decoder", DECODERS)
 def test_output_at_input_size_and_learning(decoder):
-    head = seg.build(seg.SegmentationOptions(decoder=decoder, decoder_channels=8), CHANNELS, 2)
-    assert head.target_kind == "mask"
+    options = {"decoder": decoder, "decoder_channels": 8}
+    head = default_plugins()["task"].create("seg", options, feature_channels=CHANNELS, num_outputs=2)
+    assert head.target_kind is TargetKind.MASK
     levels = make_levels(4)
     logits = head(levels, 32)
     assert logits.shape == (4, 2, 32, 32)
