@@ -120,12 +120,6 @@ def fraction_map(mask: np.ndarray, downsample: float) -> TissueMask:
     return TissueMask(np.asarray(mask, bool), float(downsample))
 
 
-def mean_map(values: np.ndarray, downsample: float) -> TissueMask:
-    """Means of a real-valued raster over level-0 squares, as :func:`fraction_map` (the
-    summed-area table is exact for any piecewise-constant raster)."""
-    return TissueMask(np.asarray(values, np.float64), float(downsample))
-
-
 def patch_extent(row: dict, reader: SlideReader) -> float:
     """Side in level-0 pixels of a tiled patch row."""
     return row["read_size"] * reader.level_downsamples[row["level"]]

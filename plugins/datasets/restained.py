@@ -18,8 +18,11 @@ source's stain).
 Labels come from the unshifted concentrations, so none can be read off the colour. Haematoxylin
 is measured in units of its file's 99th percentile (comparable across files): ``mask`` = nuclei
 (haematoxylin above ``nuclei_threshold``, opened and with holes filled; classes 0/1),
-``target`` = the nuclear fraction of the patch, ``label`` = the patch's mean haematoxylin
-binned by its tertiles over all patches (``low``, ``medium``, ``high``).
+``target`` = the nuclear fraction of the patch (a cellularity, as BreastPathQ scores it),
+``label`` = that fraction binned by its tertiles over all patches (``sparse``, ``medium``,
+``dense``). Both are morphology — the area the nuclei cover — not stain intensity, so a per-image
+stain normaliser (which rescales every image's haematoxylin to its target's) keeps them readable,
+as it keeps a tumour grade readable.
 
 Written once as pyramidal TIFFs with a lossless mask TIFF and the label maps each, under
 ``<cache_dir>/restained/<hash of the options and the source files' sizes and times>/``; later
@@ -51,7 +54,6 @@ from sassl_plugins.datasets.common import (
     fraction_map,
     label_maps,
     map_threads,
-    mean_map,
     patch_squares,
     prepare,
     require_root,
@@ -63,8 +65,8 @@ from sassl_plugins.datasets.common import (
 from sassl_plugins.datasets.restained_stains import centre_draws, render, slide_stain
 from sassl_plugins.stain.macenko import Macenko, MacenkoOptions
 
-VERSION = 1  # bump when the making changes, so cached pseudo-slides are remade
-CLASS_NAMES = ("low", "medium", "high")
+VERSION = 2  # bump when the making changes, so cached pseudo-slides are remade
+CLASS_NAMES = ("sparse", "medium", "dense")
 MIN_BLOCK = 256  # default block side: 4 patches, at least this many pixels
 ESTIMATION_PIXELS = 1 << 20  # pixels per source file that estimate its stain matrix
 
@@ -215,7 +217,7 @@ def make_slides(work: Path, files: list[Path], side: int, options: RestainedOpti
         name = slide_name(block.centre, block.index)
         rgb = render(conc, own.vectors, stain, residual)
         write_labelled_slide(work, name, rgb, nuclei.astype(np.uint8), context.target_mpp)
-        save_label_maps(work, name, haematoxylin=haematoxylin.astype(np.float16), nuclei=nuclei, tissue=tissue)
+        save_label_maps(work, name, nuclei=nuclei, tissue=tissue)
         origin = {k: block.row[k] for k in ("slide", "x", "y")}
         return {"name": name, "centre": block.centre, **origin, "stain": dataclasses.asdict(stain)}
 
@@ -264,13 +266,10 @@ def ensure_slides(options: RestainedOptions, context: DatasetContext) -> tuple[P
 
 
 def _label_patches(reader: SlideReader, rows: list[dict]) -> list[dict]:
-    """Nuclear fraction (``target``) and mean haematoxylin of every patch, from the label maps."""
-    maps = label_maps(reader)
-    squares = patch_squares(rows, reader)
-    nuclear = np.atleast_1d(fraction_map(maps["nuclei"], 1).fraction(*squares))
-    haematoxylin = np.atleast_1d(mean_map(maps["haematoxylin"], 1).fraction(*squares))
-    for row, fraction, h in zip(rows, nuclear, haematoxylin):
-        row["target"], row["haematoxylin"] = float(np.clip(fraction, 0.0, 1.0)), float(h)
+    """Nuclear fraction (``target``) of every patch, from the label maps."""
+    nuclear = np.atleast_1d(fraction_map(label_maps(reader)["nuclei"], 1).fraction(*patch_squares(rows, reader)))
+    for row, fraction in zip(rows, nuclear):
+        row["target"] = float(np.clip(fraction, 0.0, 1.0))
     return rows
 
 
@@ -298,7 +297,7 @@ def build(options: RestainedOptions, context: DatasetContext) -> PreparedData:
     ]
     rows, skipped = tile_slides(slides, context, label_rows=_label_patches, tissue=_tissue)
     if rows:
-        labels = tertile_labels(np.array([r.pop("haematoxylin") for r in rows]))
+        labels = tertile_labels(np.array([r["target"] for r in rows]))
         for row, label in zip(rows, labels):
             row["label"] = int(label)
     return prepare(

@@ -17,13 +17,13 @@ from sassl_core.errors import UserError
 #: Without ``--data-root`` the presets fall back to synthetic slides of about the same size.
 FALLBACK_DATA = {
     "dataset": "synthetic",
-    "options": {"centres": 5, "slides_per_centre": 6, "slide_size": 768, "regions": 4, "seed": 0},
+    "options": {"centres": 5, "slides_per_centre": 6, "slide_size": 768, "regions": 4, "stain_shift": 1.5, "seed": 0},
 }
 PRESETS: dict[str, dict] = {
     # the whole default table (5 arms x 3 seeds) in about 20 minutes on 2 CPU cores; SimSiam's
     # loss flattens after ~150 of the 200 pretraining steps (docs/stain_shift.md)
     "cpu": {
-        "data": {"dataset": "restained", "image_size": 32, "max_per_slide": 100},
+        "data": {"dataset": "restained", "image_size": 32, "max_per_slide": 100, "options": {"stain_shift": 1.5}},
         "backbone": {"name": "resnet18"},
         "ssl": {"method": "simsiam", "options": {"proj_dim": 128, "proj_hidden_dim": 256}},
         "sassl": {"hidden_dim": 64},

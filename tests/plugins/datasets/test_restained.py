@@ -52,7 +52,7 @@ def built(datasets, source, tmp_path_factory):
 def test_centres_hold_different_tissue_and_splits_by_slide(built):
     ctx, data, _ = built
     table = data.patches
-    assert set(data.target_kinds) == set(TargetKind) and data.class_names == ["low", "medium", "high"]
+    assert set(data.target_kinds) == set(TargetKind) and data.class_names == ["sparse", "medium", "dense"]
     assert data.seg_classes == 2
     centres = {f"centre{k}" for k in range(4)}
     assert set(table["source"]) == centres
