@@ -8,8 +8,8 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
-import shutil
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -27,21 +27,19 @@ from sassl_core.errors import UserError
 from sassl_core.interfaces import PreparedData
 from sassl_core.plugins import PluginSet, default_plugins
 from sassl_core.train.backbone import TIMM_PREFIX
-from sassl_core.train.checkpoint import atomic_write, load_checkpoint
+from sassl_core.train.checkpoint import atomic_write_text, load_checkpoint
 from sassl_core.train.data import prepare_dataset
 from sassl_core.train.evaluate import compute_metrics, predict, write_metrics
 from sassl_core.train.finetune import build_downstream, resolve_pretrained
 from sassl_core.train.finetune import finetune as finetune_stage
-from sassl_core.train.pretrain import ENCODER_FILE
 from sassl_core.train.pretrain import pretrain as pretrain_stage
+from sassl_core.train.rundir import CHECKPOINTS, ENCODER_FILE, HEATMAPS, MARKER, RunDir, config_name
 from sassl_core.train.runtime import Runtime, init_runtime, seed_everything
 from sassl_core.wsi.cache import read_patch
 from sassl_core.wsi.reader import open_slide
 from sassl_core.wsi.tiling import tile_slide
 
 __all__ = ["RunConfig", "RunResult", "load_config", "pretrain", "finetune", "evaluate", "probe", "run", "heatmap"]
-
-RUN_MARKERS = ("config.yaml", "checkpoints", "metrics.json", ENCODER_FILE)
 
 
 @dataclass
@@ -52,14 +50,29 @@ class RunResult:
 
 
 def check_run_dir(cfg: RunConfig, stage: str) -> bool:
-    """Refuse a folder that already holds a run unless resuming/overwriting; True if it holds one."""
-    run_dir = Path(cfg.output.dir)
-    held = run_dir.is_dir() and any((run_dir / m).exists() for m in RUN_MARKERS)
-    if held and not (cfg.output.resume or cfg.output.overwrite) and not _continues(run_dir, stage):
+    """Refuse an ``output.dir`` that is not this stage's to write (:mod:`sassl_core.train.rundir`);
+    True if the stage starts a new run there, False if it continues the run there."""
+    run = RunDir(cfg.output.dir)
+    run.check_location()
+    if not run.path.exists():
+        return True
+    if not run.path.is_dir():
+        raise UserError(f"output.dir: {run.path} is a file; expected a folder")
+    if not run.is_run():
+        if run.is_empty():
+            return True
         raise UserError(
-            f"output.dir: {run_dir} already holds a run; pass --resume to continue it or --overwrite to replace it"
+            f"output.dir: {run.path} is not empty and holds no sassl run (no {MARKER}); expected a new or empty folder"
         )
-    return held
+    if not run.has_results():  # an earlier start finished nothing (a crash): start again
+        return True
+    if cfg.output.resume or _continues(run.path, stage):
+        return False
+    if cfg.output.overwrite:
+        return stage in ("run", "pretrain")
+    raise UserError(
+        f"output.dir: {run.path} already holds a run; pass --resume to continue it or --overwrite to replace it"
+    )
 
 
 def _continues(run_dir: Path, stage: str) -> bool:
@@ -78,44 +91,57 @@ def _check_names(cfg: RunConfig, plugins: PluginSet, stage: str) -> None:
 
 
 def _write_run_dir(cfg: RunConfig, run_dir: Path, stage: str, prepared: PreparedData) -> None:
-    run_dir.mkdir(parents=True, exist_ok=True)
-    config = run_dir / (f"config_{stage}.yaml" if stage in ("finetune", "evaluate", "probe") else "config.yaml")
+    config = run_dir / config_name(stage)
     if not (cfg.output.resume and config.exists()):  # a resumed run keeps the settings it started with
-        atomic_write(config, lambda tmp: Path(tmp).write_text(cfg.to_yaml()))
+        atomic_write_text(config, cfg.to_yaml())
     if prepared.skipped:
-        atomic_write(
-            run_dir / "skipped_slides.json", lambda tmp: Path(tmp).write_text(json.dumps(prepared.skipped, indent=2))
-        )
+        atomic_write_text(run_dir / "skipped_slides.json", json.dumps(prepared.skipped, indent=2))
+
+
+def _open_run_dir(cfg: RunConfig, run: RunDir, stage: str, prepared: PreparedData) -> bool:
+    """Under the run folder's lock: check it again, start a new run there or continue the one
+    there, record the settings; True if a new run was started."""
+    fresh = check_run_dir(cfg, stage)
+    if fresh:
+        left = run.start(stage)
+        if left:
+            print(
+                f"warning: output.dir: {run.path}: left in place what sassl did not write: {', '.join(left)}",
+                file=sys.stderr,
+            )
+    run.check_subfolders()
+    run.remove_temporaries()
+    _write_run_dir(cfg, run.path, stage, prepared)
+    return fresh
 
 
 @contextmanager
 def _stage(
     cfg: RunConfig, plugins: PluginSet | None, stage: str
 ) -> Iterator[tuple[PluginSet, Runtime, Path, PreparedData]]:
-    """Check everything that can be checked, then open the run folder; a stage refused with a
-    :class:`UserError` before it produced anything leaves no folder behind."""
+    """Check everything that can be checked, then take the run folder (lock, marker, config) for
+    the stage; a stage refused with a :class:`UserError` before it produced anything leaves no
+    folder (and none of its files) behind."""
     plugins = plugins or default_plugins()
     rt = init_runtime(cfg.trainer.device)
     seed_everything(cfg.trainer.seed)  # every rank builds identical initial weights
-    run_dir = Path(cfg.output.dir)
-    held = check_run_dir(cfg, stage)
+    run = RunDir(cfg.output.dir)
+    if rt.is_main:  # quick answers first: in use (the other ranks would see rank 0's lock), ...
+        run.check_free()
+    check_run_dir(cfg, stage)  # ... or not this stage's to write
     _check_names(cfg, plugins, stage)
     prepared = prepare_dataset(cfg, plugins)
     for item in prepared.skipped:
         print(f"warning: skipped slide {item}", file=sys.stderr)
-    fresh = not run_dir.exists() or (
-        held and cfg.output.overwrite and not cfg.output.resume and stage in ("run", "pretrain")
-    )
-    if rt.is_main:
-        if fresh and run_dir.exists():
-            shutil.rmtree(run_dir)
-        _write_run_dir(cfg, run_dir, stage, prepared)
+    created = not run.path.exists()
+    fresh = False
     try:
-        yield plugins, rt, run_dir, prepared
+        with run.locked() if rt.is_main else contextlib.nullcontext():
+            fresh = rt.is_main and _open_run_dir(cfg, run, stage, prepared)
+            yield plugins, rt, run.path, prepared
     except UserError:
-        leftovers = {p.name for p in run_dir.iterdir()} if run_dir.is_dir() else set()
-        if fresh and rt.is_main and leftovers <= {"config.yaml", f"config_{stage}.yaml", "skipped_slides.json"}:
-            shutil.rmtree(run_dir)
+        if fresh and run.produced_nothing(stage):
+            run.discard(created)
         raise
 
 
@@ -158,7 +184,7 @@ def finetune(cfg: RunConfig, plugins: PluginSet | None = None) -> RunResult:
 
 
 def _load_finetuned(cfg: RunConfig, plugins: PluginSet, prepared: PreparedData, rt: Runtime, run_dir: Path):
-    path = run_dir / "checkpoints" / "finetune_last.pt"
+    path = run_dir / CHECKPOINTS / "finetune_last.pt"
     state = load_checkpoint(path)
     model = build_downstream(cfg, plugins, prepared, None).to(rt.device)
     try:
@@ -197,9 +223,7 @@ def probe(cfg: RunConfig, plugins: PluginSet | None = None) -> RunResult:
             )
         result["encoder"] = str(encoder)
         if rt.is_main:
-            atomic_write(
-                run_dir / "centre_probe.json", lambda tmp: Path(tmp).write_text(json.dumps(result, indent=2) + "\n")
-            )
+            atomic_write_text(run_dir / "centre_probe.json", json.dumps(result, indent=2) + "\n")
         return RunResult(run_dir, {"task": "centre_probe", "metrics": result}, encoder)
 
 
@@ -222,8 +246,7 @@ def heatmap(
     rt = init_runtime(cfg.trainer.device)
     prepared = prepare_dataset(cfg, plugins)
     model = _load_finetuned(cfg, plugins, prepared, rt, run_dir)
-    out_dir = Path(out_dir or run_dir / "heatmaps")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = Path(out_dir or RunDir(run_dir).subfolder(HEATMAPS))
     k = prepared.num_classes - 1 if target_class is None else target_class
 
     @torch.no_grad()

@@ -36,18 +36,17 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from sassl_core.app import api
 from sassl_core.app.montage import write_montage
 from sassl_core.app.probe import centre_probe
-from sassl_core.app.report import plot_curves, read_history
+from sassl_core.app.report import plot_curves, read_history, save_png
 from sassl_core.config import RunConfig, deep_merge, validate
 from sassl_core.errors import UserError
 from sassl_core.interfaces import PreparedData
 from sassl_core.metrics import classification_metrics
 from sassl_core.plugins import PluginSet, default_plugins
-from sassl_core.train.checkpoint import atomic_write, load_checkpoint
+from sassl_core.train.checkpoint import atomic_write, atomic_write_text, load_checkpoint
 from sassl_core.train.data import patch_dataset, prepare_dataset
 from sassl_core.train.evaluate import compute_metrics, predict, write_metrics
 from sassl_core.train.finetune import build_downstream
@@ -160,7 +159,9 @@ def expand_arms(
     out: dict[str, Arm] = {}
     for method, net, residual, arm in itertools.product(methods, nets, residuals, stain):
         head = arm.variant if arm.sassl else "ssl"
-        modifiers = [m for m, on in ((arm.stain_norm, arm.stain_norm), ("hed", arm.hed), ("adabn", arm.adabn)) if on]
+        modifiers = [
+            m for m, on in ((arm.stain_norm or "", arm.stain_norm), ("hed", arm.hed), ("adabn", arm.adabn)) if on
+        ]
         parts = ["+".join([head, *modifiers])]
         parts += [method] if len(methods) > 1 else []
         parts += [net] if len(nets) > 1 else []
@@ -183,8 +184,7 @@ def write_stain_target(cfg: RunConfig, plugins: PluginSet, path: Path) -> Path:
     tiles = [np.asarray(dataset[i]["image"]) for i in range(len(table))]
     tiles += [tiles[i % len(tiles)] for i in range(TARGET_TILES**2 - len(tiles))]
     rows = [np.concatenate(tiles[r * TARGET_TILES : (r + 1) * TARGET_TILES], axis=1) for r in range(TARGET_TILES)]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(np.concatenate(rows, axis=0).astype(np.uint8)).save(path)
+    save_png(np.concatenate(rows, axis=0).astype(np.uint8), path)
     return path
 
 
@@ -376,7 +376,7 @@ def stain_shift_benchmark(
         report["curves"] = CURVES_FILE
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write(out_dir / "bench.json", lambda tmp: Path(tmp).write_text(json.dumps(report, indent=1) + "\n"))
-    (out_dir / "bench.md").write_text(render_markdown(report))
+    atomic_write_text(out_dir / "bench.md", render_markdown(report))
     return report
 
 

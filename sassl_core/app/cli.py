@@ -71,7 +71,7 @@ def _run_options(parser: argparse.ArgumentParser) -> None:
     a("--seed", type=int)
     a("--out", type=Path, help="run folder")
     a("--resume", action="store_true", default=None, help="continue the run in --out from its last checkpoint")
-    a("--overwrite", action="store_true", default=None, help="replace a run already in --out")
+    a("--overwrite", action="store_true", default=None, help="replace the run in --out (sassl's own files only)")
     a("--quiet", action="store_true", default=None, help="no progress output")
 
 

@@ -20,6 +20,7 @@ from matplotlib import colormaps
 from PIL import Image
 from torch import nn
 
+from sassl_core.app.report import save_png
 from sassl_core.interfaces import TaskHead
 from sassl_core.wsi.cache import read_patch
 from sassl_core.wsi.reader import open_slide
@@ -83,8 +84,7 @@ def save_cam_overlay(image_uint8: np.ndarray, cam: np.ndarray, path: str | Path,
     if cam.shape != (h, w):
         cam = np.asarray(Image.fromarray(cam.astype(np.float32)).resize((w, h), Image.Resampling.BILINEAR))
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(overlay(image_uint8, np.clip(cam, 0, 1), alpha)).save(path)
+    save_png(overlay(image_uint8, np.clip(cam, 0, 1), alpha), path)
     return path
 
 
@@ -124,7 +124,5 @@ def slide_heatmap(
             x0, y0 = int(row["x"] * scale), int(row["y"] * scale)
             x1, y1 = max(int((row["x"] + size0) * scale), x0 + 1), max(int((row["y"] + size0) * scale), y0 + 1)
             heat[y0:y1, x0:x1] = np.clip(prob, 0.0, 1.0)
-    out_png = Path(out_png)
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(overlay(thumb, heat, alpha)).save(out_png)
+    save_png(overlay(thumb, heat, alpha), Path(out_png))
     return heat

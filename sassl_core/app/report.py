@@ -10,10 +10,12 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
+from PIL import Image
 
 from sassl_core.config import RunConfig
 from sassl_core.interfaces import TargetKind
 from sassl_core.metrics import confusion_matrix
+from sassl_core.train.checkpoint import atomic_write, atomic_write_text
 from sassl_core.train.evaluate import Predictions
 
 CURVE_KEYS = ("L_ssl", "L_D", "a_same", "a_diff", "loss")
@@ -28,9 +30,15 @@ def read_history(run_dir: Path, stage: str) -> list[dict]:
 
 
 def _save(fig, path: Path) -> None:
+    """Write ``fig`` as a PNG (atomically: a link at ``path`` is replaced, not followed)."""
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
     plt.close(fig)
+
+
+def save_png(image_uint8: np.ndarray, path: Path) -> None:
+    """Write an ``(H, W, 3)`` uint8 image as a PNG, atomically like every figure."""
+    atomic_write(path, lambda tmp: Image.fromarray(image_uint8).save(tmp, format="PNG"))
 
 
 def plot_curves(rows: list[dict] | dict[str, list[dict]], title: str, path: Path) -> bool:
@@ -146,5 +154,5 @@ def write_report(cfg: RunConfig, metrics: dict, run_dir: Path, images: list[str]
     lines += ["", "## Figures", ""] + [f"![{name}]({name})" for name in images]
     lines += ["", "## Configuration", "", "The full resolved configuration is in `config.yaml`.", ""]
     path = Path(run_dir) / "report.md"
-    path.write_text("\n".join(lines) + "\n")
+    atomic_write_text(path, "\n".join(lines) + "\n")
     return path

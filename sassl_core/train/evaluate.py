@@ -13,7 +13,7 @@ from sassl_core.config import RunConfig
 from sassl_core.errors import UserError
 from sassl_core.interfaces import PreparedData
 from sassl_core.train.batchnorm import adapted_copy
-from sassl_core.train.checkpoint import atomic_write
+from sassl_core.train.checkpoint import atomic_write_text
 from sassl_core.train.data import patch_dataset, sequential_batches, to_device
 from sassl_core.train.finetune import DownstreamModel
 from sassl_core.train.runtime import Runtime, autocast
@@ -106,4 +106,4 @@ def compute_metrics(cfg: RunConfig, model: DownstreamModel, result: Predictions)
 
 
 def write_metrics(metrics: dict, path: Path) -> None:
-    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(metrics, indent=2) + "\n"))
+    atomic_write_text(path, json.dumps(metrics, indent=2) + "\n")

@@ -28,11 +28,10 @@ from sassl_core.train.checkpoint import export_encoder
 from sassl_core.train.data import batch_stream, patch_dataset, source_ids, to_device
 from sassl_core.train.inputs import build_model_input
 from sassl_core.train.optim import build_optimizer, warmup_cosine
+from sassl_core.train.rundir import ENCODER_FILE
 from sassl_core.train.runtime import Runtime, autocast, prepare_model
 from sassl_core.train.trainer import Phase, Program, Trainer
 from sassl_core.train.views import ViewGenerator, ViewOptions
-
-ENCODER_FILE = "encoder.safetensors"
 
 
 @dataclass

@@ -31,6 +31,7 @@ from sassl_core.train.checkpoint import (
     save_checkpoint,
 )
 from sassl_core.train.grad_sync import average_gradients, optimizer_gradients
+from sassl_core.train.rundir import CHECKPOINTS, TENSORBOARD
 from sassl_core.train.runtime import Runtime, rng_state, set_rng_state
 
 
@@ -98,7 +99,7 @@ class Trainer:
         self.out = output_cfg
         self.rt = runtime
         self.total_steps = total_steps
-        self.ckpt_dir = self.run_dir / "checkpoints"
+        self.ckpt_dir = self.run_dir / CHECKPOINTS
         self.last_path = self.ckpt_dir / f"{stage}_last.pt"
         self._stop_signal: int | None = None
 
@@ -249,7 +250,7 @@ class HistoryWriter:
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.tb = SummaryWriter(str(Path(run_dir) / "tensorboard" / stage))
+            self.tb = SummaryWriter(str(Path(run_dir) / TENSORBOARD / stage))
 
     @staticmethod
     def path_for(run_dir: Path, stage: str) -> Path:

@@ -6,6 +6,7 @@ import json
 import pytest
 from safetensors.torch import load_file
 
+from sassl_core.train.rundir import RunDir
 from tests.pipeline.tiny import TINY, sassl
 
 METHODS = ["simsiam", "moco", "byol", "simclr"]
@@ -56,6 +57,8 @@ def test_pretrain_reduces_ssl_loss(tmp_path, method, sassl_flag):
 def test_output_folder_with_a_run_is_refused(tmp_path):
     out = tmp_path / "run"
     out.mkdir()
+    RunDir(out).start("pretrain")  # a run folder whose pretraining finished: marker and encoder
+    (out / "encoder.safetensors").write_bytes(b"")
     (out / "config.yaml").write_text("{}\n")
     proc = sassl("pretrain", "--steps", 1, "--out", out, *TINY, check=False)
     assert proc.status == 2
