@@ -34,10 +34,9 @@ from sassl_core.plugins import PluginSet
 from sassl_core.train.backbone import create_backbone
 from sassl_core.train.batchnorm import adapted_copy
 from sassl_core.train.checkpoint import load_encoder_state
-from sassl_core.train.data import patch_dataset, sequential_batches, to_device
+from sassl_core.train.data import inference_batches, patch_dataset, sequential_batches
 from sassl_core.train.inputs import build_model_input
 from sassl_core.train.runtime import Runtime, autocast
-from sassl_core.wsi.dataset import make_loader
 from sassl_core.wsi.patches import PatchTable
 
 
@@ -61,8 +60,7 @@ def load_inputs(cfg: RunConfig, plugins: PluginSet, table: PatchTable, rt: Runti
     inputs = build_model_input(cfg, plugins).to(rt.device)
     dataset = patch_dataset(cfg, table, with_masks=False, quiet=True)
     order = sequential_batches(len(table), cfg.finetune.batch_size)
-    loader = make_loader(dataset, batch_sampler=order, num_workers=cfg.data.num_workers)
-    return torch.cat([inputs(to_device(batch, rt.device)["image"]) for batch in loader])
+    return torch.cat([inputs(batch["image"]) for batch in inference_batches(cfg, dataset, order, rt.device)])
 
 
 @torch.no_grad()

@@ -115,5 +115,14 @@ def batch_stream(
     return stream
 
 
+def inference_batches(
+    cfg: RunConfig, dataset: PatchDataset, order: Iterable[list[int]], device: torch.device
+) -> Iterator[dict]:
+    """The batches of ``order`` (lists of row indices), in that order, on ``device``: the one
+    loop evaluation, AdaBN and the centre probe read patches through."""
+    for batch in make_loader(dataset, batch_sampler=order, num_workers=cfg.data.num_workers):
+        yield to_device(batch, device)
+
+
 def to_device(batch: dict, device: torch.device) -> dict:
     return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}

@@ -14,10 +14,9 @@ from sassl_core.errors import UserError
 from sassl_core.interfaces import PreparedData
 from sassl_core.train.batchnorm import adapted_copy
 from sassl_core.train.checkpoint import atomic_write_text
-from sassl_core.train.data import patch_dataset, sequential_batches, to_device
+from sassl_core.train.data import inference_batches, patch_dataset, sequential_batches
 from sassl_core.train.finetune import DownstreamModel
 from sassl_core.train.runtime import Runtime, autocast
-from sassl_core.wsi.dataset import make_loader
 from sassl_core.wsi.patches import PatchTable
 
 
@@ -54,8 +53,7 @@ def predict(
     targets: list[np.ndarray] = []
     images: list[np.ndarray] = []
     for source_model, order in _source_models(cfg, model, table, dataset, rt):
-        for batch in make_loader(dataset, batch_sampler=order, num_workers=cfg.data.num_workers):
-            batch = to_device(batch, rt.device)
+        for batch in inference_batches(cfg, dataset, order, rt.device):
             with autocast(rt.device, cfg.trainer.amp):
                 output = source_model(batch["image"])
             preds.append(model.head.predict(output.float()).cpu().numpy())
@@ -79,8 +77,7 @@ def _source_models(cfg: RunConfig, model: DownstreamModel, table: PatchTable, da
     for source in dict.fromkeys(sources):
         rows = np.flatnonzero(sources == source)
         order = [rows[i : i + batch_size].tolist() for i in range(0, len(rows), batch_size)]
-        loader = make_loader(dataset, batch_sampler=order, num_workers=cfg.data.num_workers)
-        images = (to_device(batch, rt.device)["image"] for batch in loader)
+        images = (batch["image"] for batch in inference_batches(cfg, dataset, order, rt.device))
         yield adapted_copy(model, images), order
 
 

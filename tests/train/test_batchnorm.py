@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
@@ -29,3 +30,27 @@ def test_a_per_channel_colour_cast_is_removed_exactly_and_the_model_is_untouched
         assert not torch.allclose(model(images), model(cast), atol=1e-2)  # the training statistics keep it
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert not on_cast.training and not model.training
+
+
+@pytest.mark.slow
+def test_evaluation_with_adapt_bn_adapts_one_copy_per_source_on_that_source_alone(tmp_path, monkeypatch):
+    from sassl_core.app import api
+    from sassl_core.config import deep_merge, validate
+    from sassl_core.train import evaluate as evaluate_module
+    from tests.train.test_inputs import TINY
+
+    seen: list[int] = []
+
+    def spy(model, batches):
+        batches = list(batches)
+        seen.append(sum(len(b) for b in batches))
+        return adapted_copy(model, batches)
+
+    monkeypatch.setattr(evaluate_module, "adapted_copy", spy)
+    cfg = validate(deep_merge(TINY, {"output": {"dir": str(tmp_path / "run")}}))
+    api.finetune(cfg)
+    plain = api.evaluate(cfg).metrics
+    assert seen == []
+    adapted = api.evaluate(validate(deep_merge(cfg.model_dump(mode="json"), {"task": {"adapt_bn": True}}))).metrics
+    assert len(seen) == len(plain["metrics"]["qwk_by_source"]) == 2  # one copy per evaluated source
+    assert sum(seen) == adapted["n_patches"] == plain["n_patches"]  # every patch, each in its source
