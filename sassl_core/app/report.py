@@ -50,17 +50,17 @@ def plot_curves(rows: list[dict] | dict[str, list[dict]], title: str, path: Path
         return False
     fig, axes = plt.subplots(1, len(keys), figsize=(3.2 * len(keys), 2.8), squeeze=False)
     for ax, key in zip(axes[0], keys):
-        for label, history in histories.items():
+        for colour, (label, history) in enumerate(histories.items()):
             pts = [(r["step"], r[key]) for r in history if key in r]
             if pts:
                 steps, values = np.array(pts, dtype=float).T
                 window = max(1, len(values) // 20) if len(histories) > 1 else 1
                 smooth = np.convolve(values, np.ones(window) / window, mode="valid")
-                ax.plot(steps[window - 1 :], smooth, lw=1, label=label or None)
+                ax.plot(steps[window - 1 :], smooth, lw=1, color=f"C{colour % 10}", label=label or None)
         ax.set_title(key)
         ax.set_xlabel("step")
-    if len(histories) > 1:
-        axes[0][-1].legend(fontsize=6)
+    if len(histories) > 1:  # one colour per history in every panel; the legend where all of them are
+        max(axes[0], key=lambda ax: len(ax.lines)).legend(fontsize=6)
     fig.suptitle(title)
     _save(fig, path)
     return True
