@@ -377,16 +377,6 @@ def test_refused_start_leaves_no_run_folder(tmp_path, flags):
 # --- checkpoints and run folders ----------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory) -> Path:
-    """A finished one-step pretraining + one-step fine-tuning (cls) run."""
-    out = tmp_path_factory.mktemp("tiny") / "run"
-    assert cli("pretrain", "--steps", 1, "--out", out, *TINY).status == 0
-    result = cli("finetune", "--finetune-steps", 1, "--out", out, *TINY)
-    assert result.status == 0, result.err
-    return out
-
-
 def test_run_folder_already_holding_a_run(tiny_run):
     before = (tiny_run / "config.yaml").read_text()
     result = cli("pretrain", "--steps", 1, "--out", tiny_run, *TINY)

@@ -30,19 +30,9 @@ from tests.pipeline.tiny import TINY
 ROOT = Path(__file__).parents[2]
 
 
-@pytest.fixture(scope="module")
-def finished_run(tmp_path_factory) -> Path:
-    """A one-step pretraining + one-step fine-tuning (cls) run."""
-    out = tmp_path_factory.mktemp("finished") / "run"
-    assert cli("pretrain", "--steps", 1, "--out", out, *TINY).status == 0
-    result = cli("finetune", "--finetune-steps", 1, "--out", out, *TINY)
-    assert result.status == 0, result.err
-    return out
-
-
 @pytest.fixture
-def run_copy(finished_run, tmp_path) -> Path:
-    return Path(shutil.copytree(finished_run, tmp_path / "run", symlinks=True))
+def run_copy(tiny_run, tmp_path) -> Path:
+    return Path(shutil.copytree(tiny_run, tmp_path / "run", symlinks=True))
 
 
 def _listing(folder: Path) -> dict[str, bytes]:
