@@ -20,6 +20,11 @@ def names(kind: str) -> list[str]:
     return PLUGINS[kind].names()
 
 
+def every_component() -> list[tuple[str, str]]:
+    """``(kind, name)`` of every registered component of every kind."""
+    return [(kind, name) for kind in PLUGINS.registries for name in names(kind)]
+
+
 def assert_options_forbid_unknown_fields(kind: str, name: str) -> None:
     """A misspelt option is a one-line error naming the component and the field (CONTRIBUTING §3)."""
     component = PLUGINS[kind].get(name)

@@ -10,7 +10,7 @@ import torch
 from sassl_core.errors import UserError
 from sassl_core.method.features import extract_levels, feature_levels
 from sassl_core.train.backbone import create_backbone, pooled_dim
-from tests.contract.common import PLUGINS, assert_options_forbid_unknown_fields, names
+from tests.contract.common import PLUGINS, names
 
 SIZES = (32, 64, 96, 128, 224)  # tried in turn: CNNs pool globally, ViT and Swin are built for the size
 
@@ -24,11 +24,6 @@ def _smallest(name: str) -> tuple[int, torch.nn.Module]:
             assert str(err).startswith("data.image_size: "), err
             refusals.append(str(err))
     pytest.fail(f"backbone '{name}' takes none of {SIZES} px: {refusals[-1]}")
-
-
-@pytest.mark.parametrize("name", names("backbone"))
-def test_options_forbid_unknown_fields(name):
-    assert_options_forbid_unknown_fields("backbone", name)
 
 
 @pytest.mark.parametrize("name", names("backbone"))

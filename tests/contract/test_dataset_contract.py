@@ -13,7 +13,7 @@ import pytest
 
 from sassl_core.errors import UserError
 from sassl_core.interfaces import DatasetContext, PreparedData, TargetKind
-from tests.contract.common import PLUGINS, assert_options_forbid_unknown_fields, names
+from tests.contract.common import PLUGINS, names
 
 
 @pytest.fixture(scope="module")
@@ -36,11 +36,6 @@ def _check_usable(prepared: PreparedData, context: DatasetContext) -> None:
         assert prepared.num_classes >= 2 and labels.min() >= -1 and labels.max() < prepared.num_classes
     if TargetKind.MASK in kinds:
         assert prepared.seg_classes >= 2 and all(str(m) for m in table["mask"])
-
-
-@pytest.mark.parametrize("name", names("dataset"))
-def test_options_forbid_unknown_fields(name):
-    assert_options_forbid_unknown_fields("dataset", name)
 
 
 @pytest.mark.parametrize("name", names("dataset"))

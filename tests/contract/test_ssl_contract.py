@@ -8,17 +8,12 @@ import pytest
 import torch
 
 from sassl_core.interfaces import SSLMethod, SSLOutput
-from tests.contract.common import PLUGINS, assert_options_forbid_unknown_fields, names
+from tests.contract.common import PLUGINS, names
 from tests.fixtures.encoders import FEATURE_DIM, tiny_encoder
 
 
 def _encoder_grads(encoder: torch.nn.Module) -> list[torch.Tensor]:
     return [p.grad for p in encoder.parameters() if p.grad is not None and p.grad.abs().sum() > 0]
-
-
-@pytest.mark.parametrize("name", names("ssl"))
-def test_options_forbid_unknown_fields(name):
-    assert_options_forbid_unknown_fields("ssl", name)
 
 
 @pytest.mark.parametrize("name", names("ssl"))

@@ -10,17 +10,12 @@ import torch
 
 from sassl_core.color import as_float_images
 from sassl_core.interfaces import StainTransform
-from tests.contract.common import PLUGINS, assert_options_forbid_unknown_fields, names
+from tests.contract.common import PLUGINS, names
 from tests.fixtures.he_images import synthetic_he
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 #: a bluer, darker stain than the targets', so the transform has something to change
 SOURCE_STAINS = np.array([[0.75, 0.60, 0.25], [0.25, 0.80, 0.45]])
-
-
-@pytest.mark.parametrize("name", names("stain"))
-def test_options_forbid_unknown_fields(name):
-    assert_options_forbid_unknown_fields("stain", name)
 
 
 @pytest.mark.parametrize("name", names("stain"))

@@ -10,7 +10,7 @@ import torch
 
 from sassl_core.interfaces import PreparedData, TargetKind, TaskHead
 from sassl_core.wsi.patches import PatchTable
-from tests.contract.common import PLUGINS, assert_options_forbid_unknown_fields, names
+from tests.contract.common import PLUGINS, names
 
 CHANNELS = [8, 16, 32]
 REDUCTIONS = [2, 4, 8]
@@ -44,11 +44,6 @@ def _check_predictions(kind: TargetKind, predictions: torch.Tensor, num_outputs:
     else:  # a class map at the input size
         assert predictions.shape == (BATCH, IMAGE, IMAGE) and not predictions.is_floating_point()
         assert predictions.min() >= 0 and predictions.max() < num_outputs
-
-
-@pytest.mark.parametrize("name", names("task"))
-def test_options_forbid_unknown_fields(name):
-    assert_options_forbid_unknown_fields("task", name)
 
 
 @pytest.mark.parametrize("name", names("task"))
