@@ -2,9 +2,9 @@
 
 The paper's Table 1 compares SASSL with stain-normalisation baselines applied before a plain SSL
 pipeline; Tables 2-7 ablate SASSL and residual learning (RL) across SSL methods and backbones.
-Here one centre of a multi-centre dataset (the synthetic one by default) is held out: pretraining
-uses the training slides of the other centres, fine-tuning their labelled patches, and the
-held-out centre is the test split ("shifted"). The validation slides of the training centres
+Here one source (centre) of any multi-centre dataset is held out (``data.held_out_source``):
+pretraining uses the training slides of the other centres, fine-tuning their labelled patches,
+and every patch of the held-out centre is the test split ("shifted"). The validation slides of the training centres
 give the "in-domain" score. Every arm runs the same seeds with the same budget:
 
 * ``ssl`` — plain SSL (``sassl.enabled = False``);
