@@ -1,17 +1,51 @@
 """Self-supervised losses (paper §3.1, Eq. 2-3), shared by the method plugins.
 
-Every loss L2-normalises its inputs itself and averages over the batch. Stop-gradients are the
-caller's business (a method detaches its targets explicitly, where the reader can see it).
+Every loss L2-normalises its inputs itself and averages over the batch, in float32 even under
+bf16/fp16 autocast (:func:`in_float32`). Stop-gradients are the caller's business (a method
+detaches its targets explicitly, where the reader can see it).
 """
 
 from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import TypeVar
 
 import torch
 import torch.nn.functional as F
 
 from sassl_core.ssl.distributed import gather_with_grad, world_info
 
+Loss = TypeVar("Loss", bound=Callable[..., torch.Tensor])
 
+
+def in_float32(loss: Loss) -> Loss:
+    """Decorator: compute ``loss`` in float32 with autocast off, whatever the dtype of its tensor
+    arguments (bf16 cosines and softmaxes lose the precision a loss needs, and some ops refuse
+    mixed dtypes). Gradients flow back to the low-precision inputs as usual.
+
+    >>> @in_float32
+    ... def mean(x):
+    ...     return x.mean()
+    >>> mean(torch.ones(3, dtype=torch.bfloat16)).dtype
+    torch.float32
+    """
+
+    @functools.wraps(loss)
+    def wrapper(*args, **kwargs):
+        tensors = [a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)]
+        device = tensors[0].device.type if tensors else "cpu"
+
+        def cast(a):
+            return a.float() if isinstance(a, torch.Tensor) and a.is_floating_point() else a
+
+        with torch.autocast(device, enabled=False):
+            return loss(*map(cast, args), **{k: cast(v) for k, v in kwargs.items()})
+
+    return wrapper  # type: ignore[return-value]
+
+
+@in_float32
 def negative_cosine_similarity(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     """Mean of ``-cos(p_i, z_i)`` (SimSiam, paper Eq. 3 up to the constant 1).
 
@@ -24,6 +58,7 @@ def negative_cosine_similarity(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor
     return -F.cosine_similarity(p, z, dim=-1).mean()
 
 
+@in_float32
 def byol_regression_loss(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     """BYOL's mean squared error of normalised vectors, ``2 - 2 cos(p_i, z_i)`` averaged.
 
@@ -36,6 +71,7 @@ def byol_regression_loss(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     return 2.0 + 2.0 * negative_cosine_similarity(p, z)
 
 
+@in_float32
 def info_nce(
     query: torch.Tensor, positive: torch.Tensor, negatives: torch.Tensor, temperature: float = 0.2
 ) -> torch.Tensor:
@@ -58,6 +94,7 @@ def info_nce(
     return F.cross_entropy(logits, target)
 
 
+@in_float32
 def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.1) -> torch.Tensor:
     """SimCLR's NT-Xent over the 2B views of the global batch.
 

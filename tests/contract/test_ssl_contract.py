@@ -38,3 +38,18 @@ def test_forward_and_backward_reach_the_encoder(name):
         if h is not None:
             assert h.shape == (4, FEATURE_DIM) and torch.equal(h, encoder(x))
     method.after_step(1.0)  # the trainer's hook after every optimiser step
+
+
+@pytest.mark.parametrize("name", names("ssl"))
+def test_loss_is_float32_under_bf16_autocast(name):
+    """On a GPU the trainer autocasts to bf16 by default: every method's loss must still be a
+    float32 scalar that backpropagates (NT-Xent once raised there; cosines lost precision)."""
+    torch.manual_seed(0)
+    encoder = tiny_encoder()
+    method = PLUGINS["ssl"].create(name, {}, encoder=encoder, feature_dim=FEATURE_DIM)
+    x1, x2 = torch.rand(2, 4, 3, 32, 32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = method(x1, x2)
+    assert out.loss.dtype == torch.float32 and torch.isfinite(out.loss)
+    out.loss.backward()
+    assert _encoder_grads(encoder)

@@ -13,6 +13,7 @@ from torch import nn
 
 from sassl_core.interfaces import SSLMethod, SSLOutput
 from sassl_core.ssl.distributed import gather_with_grad
+from sassl_core.ssl.losses import in_float32
 from sassl_core.ssl.mlp import build_mlp
 
 
@@ -37,6 +38,7 @@ def cross_correlation(z1: torch.Tensor, z2: torch.Tensor, eps: float = 1e-5) -> 
     return z1.T @ z2 / z1.shape[0]
 
 
+@in_float32
 def barlow_twins_loss(z1: torch.Tensor, z2: torch.Tensor, redundancy_weight: float = 5e-3) -> torch.Tensor:
     """``Σ_i (1 − C_ii)² + λ Σ_i Σ_{j≠i} C_ij²`` (Barlow Twins Eq. 1).
 
@@ -49,7 +51,7 @@ def barlow_twins_loss(z1: torch.Tensor, z2: torch.Tensor, redundancy_weight: flo
     >>> float(barlow_twins_loss(z, torch.randn(64, 8), redundancy_weight=0.0)) > 1.0
     True
     """
-    c = cross_correlation(z1.float(), z2.float())
+    c = cross_correlation(z1, z2)
     on_diagonal = (torch.diagonal(c) - 1).pow(2).sum()
     off_diagonal = c.pow(2).sum() - torch.diagonal(c).pow(2).sum()
     return on_diagonal + redundancy_weight * off_diagonal
