@@ -45,7 +45,7 @@ PositiveRange = Annotated[Range, AfterValidator(_positive)]
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)  # no inf/nan settings
 
 
 class DataConfig(Section):

@@ -4,7 +4,7 @@ import pytest
 import yaml
 
 from sassl_core.app.cli import build_parser, flags_to_config, main
-from sassl_core.config import ConfigError, RunConfig, load_config, parse_override
+from sassl_core.config import ConfigError, RunConfig, deep_merge, load_config, parse_override, validate
 from sassl_core.errors import UserError
 
 
@@ -74,3 +74,10 @@ def test_resolved_config_round_trips(tmp_path):
     path = tmp_path / "config.yaml"
     path.write_text(cfg.to_yaml())
     assert load_config([path]) == cfg
+
+
+@pytest.mark.parametrize("value", [".inf", "-.inf", ".nan"])
+def test_non_finite_settings_are_refused_naming_the_field(value):
+    """``--set sassl.lam=.inf`` used to pass: every step was skipped and an untrained encoder exported."""
+    with pytest.raises(UserError, match=r"sassl\.lam"):
+        validate(deep_merge({}, parse_override(f"sassl.lam={value}")))
