@@ -51,6 +51,7 @@ from sassl_core.train.data import patch_dataset, prepare_dataset
 from sassl_core.train.evaluate import compute_metrics, predict, write_metrics
 from sassl_core.train.finetune import build_downstream
 from sassl_core.train.runtime import Runtime, init_runtime
+from sassl_core.wsi.patches import PatchTable
 
 RESULT_FILE = "bench_result.json"
 TARGET_FILE = "stain_target.png"
@@ -176,9 +177,9 @@ def expand_arms(
     return list(out.values())
 
 
-def write_stain_target(cfg: RunConfig, plugins: PluginSet, path: Path) -> Path:
-    """A mosaic of patches from the first training slide: the normalisers' fitting target."""
-    train = prepare_dataset(cfg, plugins).patches.split("train")
+def write_stain_target(cfg: RunConfig, patches: PatchTable, path: Path) -> Path:
+    """A mosaic of ``patches``' first training slide: the normalisers' fitting target."""
+    train = patches.split("train")
     if len(train) == 0:
         raise UserError(f"dataset '{cfg.data.dataset}': no training patches to take a stain target from")
     first_slide = sorted(set(train["slide_id"].astype(str)))[0]
@@ -324,17 +325,17 @@ def stain_shift_benchmark(
         patches = prepare_dataset(validate(deep_merge(base, {"trainer": {"seed": seeds[0]}})), plugins).patches
         held_out = sorted(set(patches["source"].astype(str)))[-1]
     base = deep_merge(base, {"data": {"held_out_source": held_out}})
-    target_cfg = validate(deep_merge(base, {"trainer": {"seed": seeds[0]}}))
+    seed_cfgs = [validate(deep_merge(base, {"trainer": {"seed": s}})) for s in seeds]
+    target_cfg = seed_cfgs[0]
     table_arms = expand_arms(target_cfg, arms, plugins["stain"].names(), sassl, rl, ssl_methods, backbones)
+    rt = init_runtime(target_cfg.trainer.device)
+    # a dataset may draw its data from the run's seed: each seed's untrained reference probes its own
+    seed_patches = [prepare_dataset(cfg, plugins).patches for cfg in seed_cfgs]
     target = None
     if any(a.stain_norm for a in table_arms):
-        target = write_stain_target(target_cfg, plugins, out_dir / TARGET_FILE)
-    prepared, rt = prepare_dataset(target_cfg, plugins), init_runtime(target_cfg.trainer.device)
-    write_montage(prepared.patches, out_dir / MONTAGE_FILE, per_source=8, patch_px=96)
-    reference = [
-        centre_probe(validate(deep_merge(base, {"trainer": {"seed": s}})), plugins, prepared.patches, None, rt)
-        for s in seeds
-    ]
+        target = write_stain_target(target_cfg, seed_patches[0], out_dir / TARGET_FILE)
+    write_montage(seed_patches[0], out_dir / MONTAGE_FILE, per_source=8, patch_px=96)
+    reference = [centre_probe(cfg, plugins, patches, None, rt) for cfg, patches in zip(seed_cfgs, seed_patches)]
     rows = []
     for arm in table_arms:
         runs = []
