@@ -23,7 +23,7 @@ TREES = {
 }
 INTERNAL = ("sassl_core.method", "sassl_core.train", "sassl_core.app")
 #: what every layer stands on: the public face, the top-level modules, slides and the SSL parts
-FOUNDATION_NAMES = "wsi ssl color interfaces hookspecs errors config metrics registry plugins"
+FOUNDATION_NAMES = "wsi ssl color files interfaces hookspecs errors config metrics registry plugins"
 FOUNDATION = ("sassl_core", *(f"sassl_core.{name}" for name in FOUNDATION_NAMES.split()))
 
 

@@ -24,10 +24,11 @@ from sassl_core.app.probe import centre_probe
 from sassl_core.app.report import plot_curves, read_history, task_plot, write_report
 from sassl_core.config import RunConfig, load_config
 from sassl_core.errors import UserError
+from sassl_core.files import atomic_write_text
 from sassl_core.interfaces import PreparedData
 from sassl_core.plugins import PluginSet, default_plugins
 from sassl_core.train.backbone import TIMM_PREFIX
-from sassl_core.train.checkpoint import atomic_write_text, load_checkpoint
+from sassl_core.train.checkpoint import load_checkpoint
 from sassl_core.train.data import prepare_dataset
 from sassl_core.train.evaluate import compute_metrics, predict, write_metrics
 from sassl_core.train.finetune import build_downstream, resolve_pretrained

@@ -43,10 +43,11 @@ from sassl_core.app.probe import centre_probe
 from sassl_core.app.report import plot_curves, read_history, save_png
 from sassl_core.config import RunConfig, deep_merge, validate
 from sassl_core.errors import UserError
+from sassl_core.files import atomic_write, atomic_write_text
 from sassl_core.interfaces import PreparedData
 from sassl_core.metrics import classification_metrics
 from sassl_core.plugins import PluginSet, default_plugins
-from sassl_core.train.checkpoint import atomic_write, atomic_write_text, load_checkpoint
+from sassl_core.train.checkpoint import load_checkpoint
 from sassl_core.train.data import patch_dataset, prepare_dataset
 from sassl_core.train.evaluate import compute_metrics, predict, write_metrics
 from sassl_core.train.finetune import build_downstream

@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from sassl_core.errors import UserError
-from sassl_core.train.checkpoint import atomic_write
+from sassl_core.files import atomic_write
 from sassl_core.wsi.cache import read_patch, table_row
 from sassl_core.wsi.patches import PatchTable
 

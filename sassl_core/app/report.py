@@ -13,9 +13,9 @@ import numpy as np
 from PIL import Image
 
 from sassl_core.config import RunConfig
+from sassl_core.files import atomic_write, atomic_write_text
 from sassl_core.interfaces import TargetKind
 from sassl_core.metrics import confusion_matrix
-from sassl_core.train.checkpoint import atomic_write, atomic_write_text
 from sassl_core.train.evaluate import Predictions
 
 CURVE_KEYS = ("L_ssl", "L_D", "a_same", "a_diff", "loss")

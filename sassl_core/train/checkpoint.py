@@ -1,15 +1,10 @@
-"""Checkpoints: atomic writes, safe reads, and the encoder exported alone as safetensors.
-
-Writes go to a temporary file in the same folder, are flushed and fsynced, then renamed over
-the target, so a kill at any moment leaves the previous checkpoint intact (and a symbolic link
-at the target is replaced, not followed); every file of a run folder, report, plot and heatmap
-is written with :func:`atomic_write`. Reads use ``torch.load(weights_only=True)``: a checkpoint
+"""Checkpoints: atomic writes (:mod:`sassl_core.files`), safe reads, and the encoder exported
+alone as safetensors. Reads use ``torch.load(weights_only=True)``: a checkpoint
 cannot run code on the reader's machine.
 """
 
 from __future__ import annotations
 
-import os
 import pickle
 from pathlib import Path
 
@@ -18,38 +13,8 @@ from safetensors.torch import save_file
 from torch import nn
 
 from sassl_core.errors import UserError
+from sassl_core.files import atomic_write
 from sassl_core.method.transfer import check_encoder_state
-
-
-def atomic_write(path: Path, write) -> None:
-    """Call ``write(tmp_path)`` then rename ``tmp_path`` over ``path``.
-
-    The rename replaces ``path`` itself: where ``path`` is a symbolic link, the link is replaced,
-    and the file it points to is never written.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.unlink(missing_ok=True)  # a link planted under the temporary name is not followed either
-    try:
-        write(tmp)
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` with :func:`atomic_write`."""
-    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
-
-
-def remove_stale_temporaries(path: Path) -> None:
-    """Delete the temporary files that writes of ``path`` cut short by SIGKILL left behind."""
-    for stale in Path(path).parent.glob(f".{Path(path).name}.tmp*"):
-        stale.unlink(missing_ok=True)
 
 
 def save_checkpoint(state: dict, path: Path) -> None:

@@ -11,9 +11,9 @@ import torch
 
 from sassl_core.config import RunConfig
 from sassl_core.errors import UserError
+from sassl_core.files import atomic_write_text
 from sassl_core.interfaces import PreparedData
 from sassl_core.train.batchnorm import adapted_copy
-from sassl_core.train.checkpoint import atomic_write_text
 from sassl_core.train.data import inference_batches, patch_dataset, sequential_batches
 from sassl_core.train.finetune import DownstreamModel
 from sassl_core.train.runtime import Runtime, autocast

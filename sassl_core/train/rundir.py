@@ -26,7 +26,7 @@ from pathlib import Path
 
 from sassl_core import __version__
 from sassl_core.errors import UserError
-from sassl_core.train.checkpoint import atomic_write_text
+from sassl_core.files import atomic_write_text
 
 MARKER = ".sassl-run.json"
 LOCK = ".sassl-run.lock"

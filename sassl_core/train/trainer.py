@@ -24,12 +24,8 @@ from torch import nn
 
 from sassl_core.config import OutputConfig, TrainerConfig
 from sassl_core.errors import SasslError, UserError
-from sassl_core.train.checkpoint import (
-    atomic_write,
-    load_checkpoint,
-    remove_stale_temporaries,
-    save_checkpoint,
-)
+from sassl_core.files import atomic_write, remove_stale_temporaries
+from sassl_core.train.checkpoint import load_checkpoint, save_checkpoint
 from sassl_core.train.grad_sync import average_gradients, optimizer_gradients
 from sassl_core.train.rundir import CHECKPOINTS, TENSORBOARD
 from sassl_core.train.runtime import Runtime, rng_state, set_rng_state

@@ -23,7 +23,8 @@ from safetensors.torch import load_file
 from torch import nn
 
 from sassl_core.config import OutputConfig, TrainerConfig
-from sassl_core.train.checkpoint import atomic_write, load_checkpoint, save_checkpoint
+from sassl_core.files import atomic_write
+from sassl_core.train.checkpoint import load_checkpoint, save_checkpoint
 from sassl_core.train.runtime import Runtime
 from sassl_core.train.trainer import NonFiniteLoss, Phase, Program, Trainer, TrainingInterrupted
 from tests.pipeline.tiny import TINY
