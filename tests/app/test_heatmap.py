@@ -1,5 +1,8 @@
-"""Grad-CAM of patches and slide heatmaps (paper §4 visual checks)."""
+"""Grad-CAM of patches and slide heatmaps (paper §4 visual checks), and ``sassl heatmap`` from a
+run folder alone."""
 
+import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -8,10 +11,30 @@ import timm
 import torch
 from PIL import Image
 
-from sassl_core.app.heatmap import grad_cam, save_cam_overlay, slide_heatmap
+from sassl_core.app.api import heatmap
+from sassl_core.app.heatmap import (
+    CAM_SIDE,
+    PatchScores,
+    grad_cam,
+    resolve_class,
+    save_cam_panel,
+    score_slide,
+    write_slide_heatmap,
+)
+from sassl_core.app.inference import load_inference_model
+from sassl_core.config import validate
+from sassl_core.errors import UserError
+from sassl_core.interfaces import PreparedData, TargetKind
 from sassl_core.method.transfer import build_dual_encoder
+from sassl_core.plugins import default_plugins
+from sassl_core.train.checkpoint import save_checkpoint
+from sassl_core.train.finetune import build_downstream
+from sassl_core.train.inference_meta import FINETUNED, describe_run, write_inference_record
+from sassl_core.wsi.patches import PatchTable
 from sassl_plugins.tasks import cls
-from tests.fixtures.he_images import shared_data_dir
+from tests.fixtures.cli_runs import assert_user_error, cli
+from tests.fixtures.he_images import shared_data_dir, synthetic_he
+from tests.pipeline.tiny import TINY, sassl
 
 SHARED_SLIDE = shared_data_dir() / "cmu_small_region.svs"
 
@@ -48,10 +71,18 @@ def test_cam_with_dual_encoder_restores_modes(tmp_path):
     assert cam.shape == (64, 64) and 0.0 <= cam.min() and cam.max() <= 1.0
     assert enc.special.training and head.training and not enc.generic.training
     assert all(p.grad is None for p in enc.parameters())
+
+
+def test_cam_panel_shows_the_patch_enlarged_beside_its_map(tmp_path):
     patch = np.full((64, 64, 3), 200, np.uint8)
-    out = save_cam_overlay(patch, cam[::2, ::2], tmp_path / "cam.png")
-    saved = np.asarray(Image.open(out))
-    assert saved.shape == (64, 64, 3) and not np.array_equal(saved, patch)
+    cam = np.zeros((32, 32), np.float32)
+    cam[:, 16:] = 1.0  # right half explained
+    saved = np.asarray(Image.open(save_cam_panel(patch, cam, tmp_path / "cam.png")))
+    gap = CAM_SIDE // 32
+    assert saved.shape == (CAM_SIDE, 2 * CAM_SIDE + gap, 3)
+    assert np.array_equal(saved[:, :CAM_SIDE], np.full((CAM_SIDE, CAM_SIDE, 3), 200, np.uint8))
+    blended = saved[:, CAM_SIDE + gap :]
+    assert not np.array_equal(blended[:, -10:], blended[:, :10])  # hot half differs from the cold one
 
 
 def _pink_half_image(path: Path) -> None:
@@ -61,28 +92,138 @@ def _pink_half_image(path: Path) -> None:
     Image.fromarray(img.astype(np.uint8)).save(path)
 
 
-def test_slide_heatmap_paints_tissue_patches(tmp_path):
+def _green(patches: np.ndarray) -> PatchScores:
+    value = patches[..., 1].mean(axis=(1, 2)) / 255.0  # green: low on tissue
+    return PatchScores(value, {"P(pale)": value, "P(dark)": 1 - value}, ["pale" if v > 0.5 else "dark" for v in value])
+
+
+def test_slide_heatmap_writes_figure_grid_and_qupath_tiles(tmp_path):
     slide = tmp_path / "half.png"
     _pink_half_image(slide)
-    seen = []
-
-    def predict(patches):
-        seen.append(patches.shape)
-        return patches[..., 1].mean(axis=(1, 2)) / 255.0  # green: low on tissue
-
-    heat = slide_heatmap(predict, slide, 32, 0.5, tmp_path / "heat.png", fallback_mpp=0.5, max_side=256)
-    assert heat.shape == (256, 256)
-    assert all(s[1:] == (32, 32, 3) for s in seen)
-    assert np.isfinite(heat[:, :100]).mean() > 0.9  # tissue half painted
-    assert np.isnan(heat[:, 160:]).all()  # background half untouched
-    assert np.nanmax(heat) < 0.6
-    assert (tmp_path / "heat.png").is_file()
+    scores = score_slide(_green, slide, 32, 0.5, fallback_mpp=0.5)
+    grid = scores.grid()
+    assert grid.shape == (8, 8)  # 256 px slide, 32 px patches at the slide's own resolution
+    assert np.isfinite(grid[:, :3]).all() and np.isnan(grid[:, 5:]).all()  # tissue half only
+    assert np.nanmax(grid) < 0.6
+    png, npy, geojson = write_slide_heatmap(scores, tmp_path / "out", "half", "half: P(pale)", "P(pale)")
+    assert png.name == "half_heatmap.png" and Image.open(png).size[0] >= 256
+    np.testing.assert_array_equal(np.load(npy), grid)
+    tiles = json.loads(geojson.read_text())
+    assert tiles["type"] == "FeatureCollection" and len(tiles["features"]) == np.isfinite(grid).sum()
+    for feature in tiles["features"]:
+        assert feature["type"] == "Feature" and feature["geometry"]["type"] == "Polygon"
+        ring = np.array(feature["geometry"]["coordinates"][0])
+        assert ring.shape == (5, 2) and np.array_equal(ring[0], ring[-1])
+        assert np.ptp(ring[:, 0]) == 32 and ring[:, 0].max() <= 160  # level-0 pixels, on the tissue half
+        props = feature["properties"]
+        assert props["objectType"] == "tile" and props["classification"]["name"] == "dark"
+        x, y = ring[0].astype(int) // 32
+        assert props["measurements"]["score"] == pytest.approx(grid[y, x]) == props["measurements"]["P(pale)"]
 
 
 @pytest.mark.skipif(not SHARED_SLIDE.is_file(), reason="shared real slide not present")
 def test_slide_heatmap_on_real_svs(tmp_path):
-    heat = slide_heatmap(
-        lambda p: 1.0 - p.mean(axis=(1, 2, 3)) / 255.0, SHARED_SLIDE, 64, 2.0, tmp_path / "svs.png", max_side=300
+    darkness = lambda p: PatchScores(1.0 - p.mean(axis=(1, 2, 3)) / 255.0)
+    scores = score_slide(darkness, SHARED_SLIDE, 64, 2.0)
+    grid = scores.grid()
+    assert np.isfinite(grid).any() and np.nanmin(grid) >= 0 and np.nanmax(grid) <= 1
+    png, npy, geojson = write_slide_heatmap(scores, tmp_path, "svs", "svs", "darkness")
+    assert np.load(npy).shape == grid.shape and Image.open(png).size[0] >= 256
+    features = json.loads(geojson.read_text())["features"]
+    assert len(features) == np.isfinite(grid).sum() and "classification" not in features[0]["properties"]
+
+
+def test_class_is_an_index_or_a_name_of_the_run():
+    names = ["low", "intermediate", "high"]
+    assert resolve_class(None, names) == 2
+    assert resolve_class("intermediate", names) == 1
+    assert resolve_class("0", names) == 0
+    assert resolve_class(1, names) == 1
+    for bad in ("7", "-1", "medium"):
+        with pytest.raises(
+            UserError, match=r"--class: expected a class index or name of the run \(0 low, 1 intermediate, 2 high\)"
+        ):
+            resolve_class(bad, names)
+
+
+def test_a_regression_run_is_rebuilt_from_its_record_and_paints_its_values(tmp_path):
+    cfg = validate({"data": {"image_size": 32}, "task": {"name": "reg"}})
+    plugins = default_plugins()
+    prepared = PreparedData(PatchTable.from_rows([], 32), (TargetKind.TARGET,))
+    torch.manual_seed(0)
+    model = build_downstream(cfg, plugins, prepared, None).eval()
+    run = tmp_path / "run"
+    save_checkpoint({"modules": {"model": model.state_dict()}}, run / FINETUNED)
+    write_inference_record(run, describe_run(cfg, plugins, run, model.encoder.special, prepared, TargetKind.TARGET))
+
+    rebuilt, record = load_inference_model(run, plugins)
+    batch = torch.randint(0, 256, (2, 32, 32, 3), dtype=torch.uint8)
+    with torch.no_grad():
+        torch.testing.assert_close(rebuilt(batch), model(batch))
+    assert record.task is not None and record.task.target_kind is TargetKind.TARGET
+
+    slide = tmp_path / "half.png"
+    _pink_half_image(slide)
+    written = heatmap(run, slide, tmp_path / "out", fallback_mpp=0.5, device="cpu")
+    assert [p.name for p in written] == ["half_heatmap.png", "half_heatmap.npy", "half_tiles.geojson"]  # no CAM
+    props = json.loads(written[2].read_text())["features"][0]["properties"]
+    assert set(props["measurements"]) == {"score", "predicted value"} and "classification" not in props
+    with pytest.raises(UserError, match="--class: task 'reg' predicts targets, not classes"):
+        heatmap(run, slide, tmp_path / "out", target_class="1", fallback_mpp=0.5)
+
+
+def _stain_target(path: Path) -> Path:
+    Image.fromarray(synthetic_he(64, seed=3)).save(path)
+    return path
+
+
+@pytest.mark.slow
+def test_heatmap_needs_only_the_run_folder_and_the_slide(tmp_path, monkeypatch):
+    """Fine-tune a tiny stain-normalised cls run, delete its training data and stain target, then
+    map a slide copied elsewhere from a third folder."""
+    data, run = tmp_path / "data", tmp_path / "train" / "run"
+    target = _stain_target(tmp_path / "target.png")
+    monkeypatch.chdir(tmp_path)
+    settings = [*TINY, "--set", f"data.cache_dir={data}", "--stain-norm", "reinhard", "--stain-target", target]
+    sassl("run", "--task", "cls", "--steps", 1, "--finetune-steps", 2, "--out", "train/run", *settings)
+    slide = shutil.copy(sorted(data.glob("synthetic/*/centre0_slide0.tif"))[0], tmp_path / "slide.tif")
+    shutil.rmtree(data)
+    target.unlink()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+
+    printed = sassl("heatmap", "--checkpoint", run, "--slide", slide, "--cam-patches", 2, "--class", "high").out.split()
+    assert [Path(p).name for p in printed] == [
+        "slide_heatmap.png",
+        "slide_heatmap.npy",
+        "slide_tiles.geojson",
+        "slide_cam0.png",
+        "slide_cam1.png",
+    ]
+    assert all(Path(p).parent == run / "heatmaps" for p in printed)
+    grid = np.load(printed[1])
+    assert grid.shape == (12, 12)  # 384 px slide, 32 px patches, both at 0.5 µm/px
+    features = json.loads(Path(printed[2]).read_text())["features"]
+    assert len(features) == np.isfinite(grid).sum() > 0
+    props = features[0]["properties"]
+    assert set(props["measurements"]) == {"score", "P(low)", "P(intermediate)", "P(high)"}
+    assert props["classification"]["name"] in {"low", "intermediate", "high"}
+    assert props["measurements"]["score"] == pytest.approx(props["measurements"]["P(high)"])
+    assert Image.open(printed[3]).size == (2 * CAM_SIDE + CAM_SIDE // 32, CAM_SIDE)
+
+    if SHARED_SLIDE.is_file():  # a real Aperio slide, at a coarser resolution than the run's
+        real = sassl(
+            "heatmap", "--checkpoint", run, "--slide", SHARED_SLIDE, "--mpp", 4, "--cam-patches", 1
+        ).out.split()
+        assert np.isfinite(np.load(real[1])).sum() == len(json.loads(Path(real[2]).read_text())["features"]) > 0
+        assert Path(real[3]).is_file()
+
+    assert_user_error(
+        cli("heatmap", "--checkpoint", run, "--slide", slide, "--class", 7),
+        "--class: expected a class index or name of the run (0 low, 1 intermediate, 2 high), found '7'",
     )
-    assert np.isfinite(heat).any() and np.nanmin(heat) >= 0 and np.nanmax(heat) <= 1
-    assert Image.open(tmp_path / "svs.png").size == (heat.shape[1], heat.shape[0])
+    (run / "inference.json").unlink()
+    assert_user_error(
+        cli("heatmap", "--checkpoint", run, "--slide", slide), "inference.json: not found", "re-run fine-tuning"
+    )
