@@ -1,5 +1,6 @@
-"""Helpers shared by the dataset plugins: label tables, splits by slide, tiling with skips,
-per-patch fractions and means of a label raster, and derived slides written once to the cache."""
+"""Helpers shared by the dataset plugins: label tables, splits by slide, tiling with skips and
+per-dataset tiling options, per-patch fractions and means of a label raster, and derived slides
+written once to the cache."""
 
 from __future__ import annotations
 
@@ -12,9 +13,12 @@ import shutil
 import tempfile
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
 
 from sassl_core.errors import UserError
 from sassl_core.interfaces import DatasetContext, PreparedData, TargetKind
@@ -70,6 +74,45 @@ def require_root(context: DatasetContext, dataset: str, holding: str) -> Path:
     if context.root is None:
         raise UserError(f"data.root: dataset '{dataset}' needs --data-root: {holding}")
     return Path(context.root)
+
+
+def resolve(path: str | Path, base: Path) -> Path:
+    """``path`` if absolute, else ``base / path`` (a file named in an option or a table)."""
+    return Path(path) if Path(path).is_absolute() else Path(base) / path
+
+
+def is_plain_name(name: str) -> bool:
+    """Whether ``name`` is a plain file name: not empty, no folder separator, not ``.``/``..``
+    (so a name read from a table cannot point outside the folder it is looked up in)."""
+    return bool(name) and name not in (".", "..") and not any(c in name for c in "/\\\0")
+
+
+def skip_or_raise(context: DatasetContext, skipped: list[str], err: UserError) -> None:
+    """Record a bad slide as ``'file: reason'`` in ``skipped``, or raise ``err`` when ``context.strict``."""
+    if context.strict:
+        raise err
+    skipped.append(str(err))
+
+
+class TilingOptions(BaseModel):
+    """Tiling settings a dataset may set for itself; unset ones are the run's ``data`` settings."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    patches_per_slide: int | None = Field(None, ge=1, description="tissue patches kept per slide (data.max_per_slide)")
+    mpp: float | None = Field(None, gt=0, description="µm/px of the patches (data.target_mpp)")
+    fallback_mpp: float | None = Field(None, gt=0, description="µm/px for slides without a resolution (data.mpp)")
+    tissue_threshold: float | None = Field(None, ge=0, le=1, description="least tissue fraction of a patch")
+
+    def tiling(self, context: DatasetContext) -> DatasetContext:
+        """``context`` with the settings given here."""
+        given: dict[str, Any] = {
+            "max_per_slide": self.patches_per_slide,
+            "target_mpp": self.mpp,
+            "fallback_mpp": self.fallback_mpp,
+            "tissue_threshold": self.tissue_threshold,
+        }
+        return replace(context, **{k: v for k, v in given.items() if v is not None})
 
 
 def split_groups(
@@ -175,9 +218,7 @@ def tile_slides(
                 if label_rows:
                     tiles = subsample(label_rows(reader, tiles), context.max_per_slide, context.seed + i)
         except UserError as err:
-            if context.strict:
-                raise
-            skipped.append(str(err))
+            skip_or_raise(context, skipped, err)
             continue
         rows.extend(tiles)
     return rows, skipped

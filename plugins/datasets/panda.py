@@ -14,6 +14,11 @@ slide's grade is a fair label for them. Every patch carries its slide's ISUP gra
 paper §4.1). Split: the paper's 80/20 train/test by slide (seeded, stratified by provider),
 optionally with a validation share. ``source`` is the data provider, so the metrics'
 per-source QWK is the paper's QWK_k and QWK_r; ``slide_id`` is the image id.
+
+An ``image_id`` must be a plain file name (no folder, no ``..``), so no row can make the loader
+read outside the root. A slide listed twice with the same provider and grade is read once; listed
+with different ones, it is an error. A slide or mask that cannot be read leaves its slide out (it
+is reported as skipped), unless ``--strict``.
 """
 
 from __future__ import annotations
@@ -29,11 +34,13 @@ from sassl_core.interfaces import DatasetContext, PreparedData, TargetKind
 from sassl_core.wsi.reader import SlideReader, open_slide
 from sassl_plugins.datasets.common import (
     fraction_map,
+    is_plain_name,
     patch_extent,
     prepare,
     read_level,
     read_table,
     require_root,
+    skip_or_raise,
     split_groups,
     tile_slides,
 )
@@ -65,10 +72,11 @@ def _int_in(value: str, low: int, high: int) -> int | None:
 
 
 def read_labels(root: Path) -> list[dict]:
-    """Validated rows of ``train.csv``; errors name the file, the row and the column."""
+    """Validated rows of ``train.csv``, one per slide; errors name the file, the row and the column."""
     table = root / "train.csv"
-    rows = read_table(table, COLUMNS)
-    for row in rows:
+    rows: list[dict] = []
+    first: dict[str, dict] = {}
+    for row in read_table(table, COLUMNS):
         where = f"{table}: row {row['_line']}"
         if _int_in(row["isup_grade"], 0, 5) is None:
             raise UserError(f"{where}: isup_grade: expected an integer 0-5, found {row['isup_grade']!r}")
@@ -76,11 +84,21 @@ def read_labels(root: Path) -> list[dict]:
             raise UserError(
                 f"{where}: data_provider: expected one of {', '.join(PROVIDERS)}, found {row['data_provider']!r}"
             )
-        if not row["image_id"]:
-            raise UserError(f"{where}: image_id: expected a slide id, found an empty value")
+        if not is_plain_name(row["image_id"]):
+            raise UserError(f"{where}: image_id: expected a slide id (a plain file name), found {row['image_id']!r}")
+        earlier = first.setdefault(row["image_id"], row)
+        if earlier is not row:
+            if (earlier["data_provider"], earlier["isup_grade"]) != (row["data_provider"], row["isup_grade"]):
+                raise UserError(
+                    f"{where}: image_id {row['image_id']}: expected one grade per slide, found "
+                    f"{row['data_provider']} ISUP {row['isup_grade']} here and {earlier['data_provider']} "
+                    f"ISUP {earlier['isup_grade']} in row {earlier['_line']}"
+                )
+            continue  # the same slide listed again, identically: read it once
         image = root / "train_images" / f"{row['image_id']}.tiff"
         if not image.is_file():
             raise UserError(f"{where}: image_id {row['image_id']}: slide {image} not found")
+        rows.append(row)
     return rows
 
 
@@ -97,17 +115,27 @@ class _Masks:
         path = self.root / "train_label_masks" / f"{image_id}_mask.tiff"
         return path if self.options.use_masks and path.is_file() else None
 
-    def check_sizes(self) -> None:
-        """Every mask must have its slide's size (a mask of another slide is a layout error)."""
+    def check_sizes(self, context: DatasetContext, skipped: list[str]) -> set[str]:
+        """Every mask must have its slide's size (a mask of another slide is a layout error). A
+        slide or mask that cannot be opened leaves its slide out (recorded in ``skipped``, fatal
+        with ``context.strict``); returns the ids left out."""
+        left_out = set()
         for image_id in self.by_stem:
             path = self.path(image_id)
             if path is None:
                 continue
             slide_path = self.root / "train_images" / f"{image_id}.tiff"
-            with open_slide(slide_path, require_mpp=False) as slide, open_slide(path, require_mpp=False) as mask:
-                if mask.dimensions != slide.dimensions:
-                    (mw, mh), (sw, sh) = mask.dimensions, slide.dimensions
-                    raise UserError(f"{path}: mask size {mw}x{mh} differs from its slide's {sw}x{sh}")
+            try:
+                with open_slide(slide_path, require_mpp=False) as slide, open_slide(path, require_mpp=False) as mask:
+                    sizes = mask.dimensions, slide.dimensions
+            except UserError as err:
+                skip_or_raise(context, skipped, err)
+                left_out.add(image_id)
+                continue
+            if sizes[0] != sizes[1]:
+                (mw, mh), (sw, sh) = sizes
+                raise UserError(f"{path}: mask size {mw}x{mh} differs from its slide's {sw}x{sh}")
+        return left_out
 
     def labels(self, reader: SlideReader) -> tuple[np.ndarray, float] | None:
         """Mask labels (red channel) at a level of at most 4096 px, and its downsample."""
@@ -146,7 +174,8 @@ def build(options: PandaOptions, context: DatasetContext) -> PreparedData:
     fractions = {"val": options.val_fraction, "test": options.test_fraction}
     splits = split_groups(providers, fractions, context.seed, strata=providers)
     masks = _Masks(root, rows, options)
-    masks.check_sizes()
+    skipped: list[str] = []
+    left_out = masks.check_sizes(context, skipped)
     slides = [
         (
             root / "train_images" / f"{r['image_id']}.tiff",
@@ -158,10 +187,12 @@ def build(options: PandaOptions, context: DatasetContext) -> PreparedData:
             },
         )
         for r in rows
+        if r["image_id"] not in left_out
     ]
-    patches, skipped = tile_slides(
+    patches, unreadable = tile_slides(
         slides, context, label_rows=masks.keep_cancer, tissue=masks.tissue, fallback_mpp=options.fallback_mpp
     )
+    skipped += unreadable
     return prepare(patches, context, (TargetKind.LABEL,), skipped, str(root / "train.csv"), class_names=ISUP_GRADES)
 
 

@@ -15,6 +15,7 @@ holds a whole centre out as the test split instead (the stain-shift benchmark).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -45,6 +46,7 @@ class SyntheticOptions(BaseModel):
     """Options of the synthetic dataset."""
 
     model_config = ConfigDict(extra="forbid")
+    reads_root: ClassVar[bool] = False  # it draws its slides: the core refuses a data root
 
     centres: int = Field(3, ge=1, le=32, description="scanning centres (stain styles)")
     slides_per_centre: int = Field(4, ge=1, description="slides drawn per centre")

@@ -74,3 +74,50 @@ def test_missing_slide_and_mask_size_mismatch(datasets, context, tmp_path):
     (root / "train_images" / f"{first}.tiff").unlink()
     with pytest.raises(UserError, match=f"row 2: image_id {first}: slide .* not found"):
         datasets.create("panda", {}, context=context(root))
+
+
+@pytest.mark.parametrize("image_id", ["../x", "a/b", "/etc/passwd", "..", "a\\b", ""])
+def test_an_image_id_cannot_leave_the_root(datasets, context, tmp_path, image_id):
+    root = make_panda(tmp_path / "p")
+    slide = (root / "train_images" / f"{PANDA_SLIDES[0][0]}.tiff").read_bytes()
+    (root / "x.tiff").write_bytes(slide)  # what '../x' would name, joined to train_images/
+    (root / "train_images" / "a").mkdir()
+    (root / "train_images" / "a" / "b.tiff").write_bytes(slide)  # and 'a/b'
+    _edit_csv(root, PANDA_SLIDES[2][0], image_id)
+    with pytest.raises(UserError) as err:
+        datasets.create("panda", {}, context=context(root))
+    expected = f"train.csv: row 4: image_id: expected a slide id (a plain file name), found {image_id!r}"
+    assert str(err.value).endswith(expected) and "\n" not in str(err.value)
+
+
+def test_duplicate_rows(datasets, context, tmp_path):
+    root = make_panda(tmp_path / "p")
+    image_id, provider, isup, gleason = PANDA_SLIDES[1]
+    with open(root / "train.csv", "a") as fh:
+        fh.write(f"{image_id},{provider},{isup},{gleason}\n")  # listed twice, alike: read once
+    once = datasets.create("panda", {}, context=context(root)).patches
+    assert (once["slide_id"] == image_id).sum() > 0 and len(set(once["slide_id"])) == len(PANDA_SLIDES)
+    with open(root / "train.csv", "a") as fh:
+        fh.write(f"{image_id},{provider},5,5+5\n")
+    with pytest.raises(UserError) as err:
+        datasets.create("panda", {}, context=context(root))
+    assert str(err.value).endswith(
+        f"train.csv: row 8: image_id {image_id}: expected one grade per slide, found radboud ISUP 5 here "
+        "and radboud ISUP 4 in row 3"
+    )
+
+
+@pytest.mark.parametrize("broken", ["slide", "mask"])
+def test_an_unreadable_slide_or_mask_is_skipped_unless_strict(datasets, context, tmp_path, broken):
+    root = make_panda(tmp_path / "p")
+    image_id = PANDA_SLIDES[1][0]  # has a mask
+    path = root / ("train_images" if broken == "slide" else "train_label_masks")
+    path = path / (f"{image_id}.tiff" if broken == "slide" else f"{image_id}_mask.tiff")
+    path.write_bytes(path.read_bytes()[:300])  # cut off mid-file
+    data = datasets.create("panda", {}, context=context(root))
+    assert image_id not in set(data.patches["slide_id"])
+    assert len(set(data.patches["slide_id"])) == len(PANDA_SLIDES) - 1
+    [skipped] = data.skipped
+    assert skipped.startswith(str(path))
+    with pytest.raises(UserError, match=str(path)):
+        datasets.create("panda", {}, context=context(root, strict=True))
