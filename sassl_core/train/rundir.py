@@ -25,6 +25,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from sassl_core import __version__
+from sassl_core.config import RunConfig, read_yaml, validate
 from sassl_core.errors import UserError
 from sassl_core.files import atomic_write_text
 
@@ -34,6 +35,7 @@ CHECKPOINTS = "checkpoints"
 TENSORBOARD = "tensorboard"
 HEATMAPS = "heatmaps"  # ``sassl heatmap``'s default output folder
 ENCODER_FILE = "encoder.safetensors"
+INFERENCE_FILE = "inference.json"  # what inference needs (sassl_core.train.inference_meta)
 TRAINING_STAGES = ("pretrain", "finetune")
 #: Stages that record their settings as ``config_<stage>.yaml`` (the others as ``config.yaml``).
 CONFIG_STAGES = ("finetune", "evaluate", "probe")
@@ -46,7 +48,9 @@ OWNED = frozenset(
         LOCK,
         *SUBFOLDERS,
         ENCODER_FILE,
+        INFERENCE_FILE,
         "config.yaml",
+        "run.log",
         *(f"config_{stage}.yaml" for stage in CONFIG_STAGES),
         *(f"history_{stage}.csv" for stage in TRAINING_STAGES),
         *(f"{stage}_curves.png" for stage in TRAINING_STAGES),
@@ -54,6 +58,8 @@ OWNED = frozenset(
         "scatter.png",
         "overlays.png",
         "metrics.json",
+        "predictions.csv",
+        "predictions_slides.csv",
         "metrics_in_domain.json",
         "report.md",
         "skipped_slides.json",
@@ -73,6 +79,39 @@ def owned(name: str) -> bool:
 def config_name(stage: str) -> str:
     """The file holding the settings a stage ran with."""
     return f"config_{stage}.yaml" if stage in CONFIG_STAGES else "config.yaml"
+
+
+#: Settings ``--resume`` may change without ``--resume-with-changes``: step counts (train longer),
+#: how the run reports (``output.*``) and settings that change how fast, not what, it trains;
+#: each is a prefix of the dotted field names it covers.
+RESUMABLE = (
+    "pretrain.steps",
+    "finetune.steps",
+    "output.",
+    "data.cache_dir",
+    "data.num_workers",
+    "trainer.log_every",
+    "trainer.checkpoint_every",
+)
+
+
+def flatten(node: object, prefix: str = "") -> dict[str, object]:
+    """A nested mapping as ``{"dotted.name": value}``."""
+    if isinstance(node, dict):
+        return {k: v for key, value in node.items() for k, v in flatten(value, f"{prefix}{key}.").items()}
+    return {prefix.rstrip("."): node}
+
+
+def changed_settings(config_file: Path, cfg: RunConfig) -> list[str]:
+    """The settings of ``cfg`` that differ from those the run recorded in ``config_file``
+    (``field (recorded → now)``), but for :data:`RESUMABLE` ones."""
+    recorded = flatten(validate(read_yaml(config_file)).model_dump(mode="json"))
+    now = flatten(cfg.model_dump(mode="json"))
+    return [
+        f"{key} ({recorded.get(key)!r} → {now.get(key)!r})"
+        for key in sorted(recorded.keys() | now.keys())
+        if recorded.get(key) != now.get(key) and not key.startswith(RESUMABLE)
+    ]
 
 
 def _refuse(path: Path, what: str) -> UserError:
@@ -127,6 +166,10 @@ class RunDir:
             (self.path / name).exists() for name in ("metrics.json", ENCODER_FILE)
         )
 
+    def checkpoint_stamps(self) -> dict[str, int]:
+        """Each checkpoint's modification time (ns), by name: whether a stage wrote one since."""
+        return {p.name: p.stat().st_mtime_ns for p in (self.path / CHECKPOINTS).glob("*.pt")}
+
     def foreign(self) -> list[str]:
         """Names of the entries sassl did not write."""
         return [p.name for p in self.entries() if not owned(p.name)]
@@ -148,7 +191,7 @@ class RunDir:
 
     def produced_nothing(self, stage: str) -> bool:
         """Whether sassl's entries are at most those a stage writes before it starts working."""
-        start = {MARKER, LOCK, config_name(stage), "skipped_slides.json"}
+        start = {MARKER, LOCK, config_name(stage), "skipped_slides.json", "run.log"}
         return {p.name for p in self.entries() if owned(p.name)} <= start
 
     def discard(self, created: bool) -> None:

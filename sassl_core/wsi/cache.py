@@ -5,8 +5,14 @@ thousands of images per second (docs/benchmarks.md). :class:`PatchCache` extract
 :class:`PatchTable` once into one contiguous uint8 array on disk, ``(N, P, P, 3)``, plus an
 optional ``(N, P, P)`` label-mask array, read back through memory maps at memory speed.
 
-Folder layout: ``header.json`` (format, count, patch size, table fingerprint), ``images.u8``,
-and ``masks.u8`` when built with masks.
+Folder layout: ``header.json`` (format, count, patch size, table fingerprint, and the size and
+per-chunk digests of each array file), ``images.u8``, and ``masks.u8`` when built with masks.
+
+Integrity: a cache is built in a ``<name>.tmp-<pid>`` sibling folder and renamed into place only
+when complete (a build killed half-way leaves nothing a rerun trusts; the folders of dead
+builds are removed before the next build). Opening checks every file's size before it is
+memory-mapped (a truncated map would crash the reader with SIGBUS) and every chunk's digest;
+a mismatch is :class:`CorruptCache`, rebuilt with a warning by :meth:`PatchCache.open_or_build`.
 """
 
 from __future__ import annotations
@@ -14,7 +20,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
+import sys
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -23,12 +31,56 @@ import numpy as np
 from PIL import Image
 
 from sassl_core.errors import UserError
+from sassl_core.files import atomic_write_text
 from sassl_core.wsi.patches import PatchTable
 from sassl_core.wsi.reader import get_reader
 from sassl_core.wsi.tiling import MPP_TOLERANCE
 
-FORMAT = "sassl-patch-cache/1"
+FORMAT = "sassl-patch-cache/2"
 CHUNK = 256  # rows extracted per task when building
+DIGEST_CHUNK = 64 << 20  # bytes per digest of an array file
+_BUILDING = re.compile(r"(.+)\.tmp-(\d+)")  # the folder of a build under way (or killed)
+
+
+class CorruptCache(UserError):
+    """A built cache whose files no longer have the size or content recorded when it was built."""
+
+
+def file_digests(path: Path) -> list[str]:
+    """SHA-256 digest of each :data:`DIGEST_CHUNK` bytes of ``path`` (hardware-accelerated on
+    most CPUs: ~4x faster than BLAKE2b, benchmarks/cache_verify.py)."""
+    digests = []
+    with open(path, "rb") as fh:
+        while block := fh.read(DIGEST_CHUNK):
+            digests.append(hashlib.sha256(block).hexdigest()[:32])
+    return digests
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def remove_dead_builds(folder: Path) -> None:
+    """Delete the ``<name>.tmp-<pid>`` folders of builds whose process is gone."""
+    for entry in Path(folder).glob("*.tmp-*"):
+        match = _BUILDING.fullmatch(entry.name)
+        if match and entry.is_dir() and not entry.is_symlink() and not _alive(int(match.group(2))):
+            shutil.rmtree(entry, ignore_errors=True)
+
+
+def check_free_space(path: Path, needed: int) -> None:
+    """Refuse a build that the disk holding ``path`` has no room for."""
+    free = shutil.disk_usage(path).free
+    if free < needed:
+        raise UserError(
+            f"{path}: the patch cache needs {needed} bytes, only {free} free; free space or set data.cache_dir"
+        )
 
 
 def table_row(table: PatchTable, i: int) -> dict:
@@ -138,16 +190,17 @@ class PatchCache:
     def __len__(self) -> int:
         return int(self.header["count"])
 
-    def __reduce__(self):
-        return (PatchCache.open, (self.path,))
+    def __reduce__(self):  # verified when the parent opened it
+        return (PatchCache.open, (self.path, None, False))
 
     @property
     def with_masks(self) -> bool:
         return self.masks is not None
 
     @classmethod
-    def open(cls, path: str | Path, table: PatchTable | None = None) -> PatchCache:
-        """Open a built cache; with ``table``, check it was built from that table."""
+    def open(cls, path: str | Path, table: PatchTable | None = None, verify: bool = True) -> PatchCache:
+        """Open a built cache; with ``table``, check it was built from that table. Every file's
+        size is always checked; with ``verify``, every chunk's digest too (:class:`CorruptCache`)."""
         path = Path(path)
         try:
             header = json.loads((path / "header.json").read_text())
@@ -162,7 +215,7 @@ class PatchCache:
         for name, expected in names:
             found = (path / name).stat().st_size if (path / name).exists() else None
             if found != expected:
-                raise UserError(f"{path / name}: expected {expected} bytes for {n} patches of {p} px, found {found}")
+                raise CorruptCache(f"{path / name}: expected {expected} bytes for {n} patches of {p} px, found {found}")
         if table is not None:
             if (len(table), table.patch_size) != (n, p):
                 raise UserError(
@@ -170,6 +223,15 @@ class PatchCache:
                 )
             if header.get("fingerprint") != table_fingerprint(table):
                 raise UserError(f"{path}: cache was built from a different patch table; rebuild it")
+        if verify:
+            for name, _ in names:
+                recorded = header.get("digests", {}).get(name)
+                found_digests = file_digests(path / name)
+                if found_digests != recorded:
+                    bad = next((i for i, (a, b) in enumerate(zip(found_digests, recorded or [])) if a != b), 0)
+                    raise CorruptCache(
+                        f"{path / name}: content changed since the cache was built (chunk {bad} of its digests differs)"
+                    )
         return cls(path, header)
 
     @classmethod
@@ -191,34 +253,46 @@ class PatchCache:
         n, p = len(table), table.patch_size
         if n == 0:
             raise UserError(f"{path}: the patch table is empty; nothing to cache")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        remove_dead_builds(path.parent)
+        check_free_space(path.parent, n * p * p * (4 if with_masks else 3))
         tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         try:
             _extract(table, tmp, with_masks, progress, workers)  # its memory maps are closed on return
+            names = ["images.u8"] + (["masks.u8"] if with_masks else [])
             header = {
                 "format": FORMAT,
                 "count": n,
                 "patch_size": p,
                 "with_masks": with_masks,
                 "fingerprint": table_fingerprint(table),
+                "digests": {name: file_digests(tmp / name) for name in names},
             }
-            (tmp / "header.json").write_text(json.dumps(header, indent=2))
+            atomic_write_text(tmp / "header.json", json.dumps(header, indent=2))
             if path.exists():
                 shutil.rmtree(path)
             tmp.rename(path)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        return cls.open(path)
+        return cls.open(path, verify=False)  # digests just computed from these files
 
     @classmethod
-    def open_or_build(cls, table: PatchTable, path: str | Path, with_masks: bool = False, **build_kwargs) -> PatchCache:
-        """The cache at ``path`` when it matches ``table`` (and has masks if asked), else a new build."""
+    def open_or_build(
+        cls, table: PatchTable, path: str | Path, with_masks: bool = False, strict: bool = False, **build_kwargs
+    ) -> PatchCache:
+        """The cache at ``path`` when it matches ``table`` (and has masks if asked), else a new
+        build. A corrupt cache is rebuilt with a warning, or refused when ``strict``."""
         try:
             cache = cls.open(path, table)
             if cache.with_masks or not with_masks:
                 return cache
+        except CorruptCache as err:
+            if strict:
+                raise CorruptCache(f"{err}; delete it to rebuild it (data.strict is set)") from None
+            print(f"warning: {err}; rebuilding the patch cache", file=sys.stderr)
         except UserError:
             pass
         return cls.build(table, path, with_masks, **build_kwargs)
