@@ -2,22 +2,27 @@
 
 import numpy as np
 import pytest
+import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from sklearn.metrics import (
     accuracy_score,
+    balanced_accuracy_score,
     cohen_kappa_score,
     f1_score,
     mean_absolute_error,
     mean_squared_error,
     r2_score,
+    roc_auc_score,
 )
 
 from sassl_core.metrics import (
     aggregate_by_slide,
+    bootstrap_interval,
     classification_metrics,
     regression_metrics,
     segmentation_metrics,
+    segmentation_scores,
 )
 
 labels = st.integers(2, 6).flatmap(
@@ -115,13 +120,84 @@ def test_segmentation_multiclass_dice_averages_foreground():
     assert m["miou"] == pytest.approx((1 + 0.5 + 0.5) / 3)
 
 
-def test_segmentation_empty_masks():
+def test_segmentation_is_per_patch_then_averaged():
     empty = np.zeros((2, 4, 4), np.int64)
-    assert segmentation_metrics(empty, empty) == {"pixel_accuracy": 1.0, "dice": 1.0, "miou": 1.0}
+    assert segmentation_metrics(empty, empty) == {"dice": 1.0, "miou": 1.0, "pixel_accuracy": 1.0}
     pred = empty.copy()
-    pred[0, 0, 0] = 1
+    pred[0, 0, 0] = 1  # patch 0: one false-positive pixel; patch 1: empty in both (scores 1)
     m = segmentation_metrics(pred, empty)
-    assert m["dice"] == 0.0 and m["miou"] == pytest.approx((31 / 32) / 2)
+    assert m["dice"] == pytest.approx((0.0 + 1.0) / 2)
+    assert m["miou"] == pytest.approx(((15 / 16 + 0.0) / 2 + 1.0) / 2)
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_segmentation_matches_monai_dice_and_mean_iou():
+    from monai.metrics import DiceMetric, MeanIoU
+    from monai.networks.utils import one_hot
+
+    rng = np.random.default_rng(3)
+    true = rng.integers(0, 3, (6, 8, 8))
+    pred = np.where(rng.random((6, 8, 8)) < 0.7, true, rng.integers(0, 3, (6, 8, 8)))
+    true[0] = 0  # a patch without foreground in truth
+    pred[1] = true[1] = 0  # a patch without foreground anywhere
+    hot = lambda x: one_hot(torch.as_tensor(x)[:, None], num_classes=3)
+    dice = DiceMetric(include_background=False, ignore_empty=False)(hot(pred), hot(true)).mean(1)
+    iou = MeanIoU(include_background=True, ignore_empty=False)(hot(pred), hot(true)).mean(1)
+    m = segmentation_metrics(pred, true, num_classes=3)
+    assert m["dice"] == pytest.approx(float(dice.mean()))
+    assert m["miou"] == pytest.approx(float(iou.mean()))
+
+
+def test_segmentation_ignore_value_counts_nowhere():
+    true = np.array([[[1, 1, 255, 255]]])
+    pred = np.array([[[1, 1, 0, 1]]])
+    m = segmentation_metrics(pred, true, num_classes=2, ignore_index=255)
+    assert m == {"dice": 1.0, "miou": 1.0, "pixel_accuracy": 1.0}
+    dice, iou, _ = segmentation_scores(pred, true, 2, 255)
+    assert dice.tolist() == [1.0] and iou.tolist() == [1.0]
+
+
+def test_balanced_accuracy_macro_f1_and_auroc_match_sklearn():
+    rng = np.random.default_rng(2)
+    for k in (2, 4):
+        probs = rng.dirichlet(np.ones(k), size=120)
+        y_true = np.where(rng.random(120) < 0.5, probs.argmax(1), rng.integers(0, k, 120))
+        m = classification_metrics(probs, y_true, num_classes=k)
+        y_pred = probs.argmax(1)
+        assert m["balanced_accuracy"] == pytest.approx(balanced_accuracy_score(y_true, y_pred))
+        assert m["f1_macro"] == pytest.approx(f1_score(y_true, y_pred, average="macro", labels=list(range(k))))
+        ref = roc_auc_score(y_true, probs[:, 1]) if k == 2 else roc_auc_score(y_true, probs, multi_class="ovr")
+        assert m["auroc"] == pytest.approx(ref)
+
+
+def test_auroc_leaves_out_absent_classes_and_is_none_for_one_class():
+    probs = np.array([[0.7, 0.2, 0.1], [0.2, 0.7, 0.1], [0.6, 0.3, 0.1], [0.3, 0.6, 0.1]])
+    y_true = np.array([0, 1, 0, 1])  # class 2 never true
+    m = classification_metrics(probs, y_true)
+    assert m["auroc"] == pytest.approx(np.mean([roc_auc_score(y_true == c, probs[:, c]) for c in (0, 1)]))
+    assert classification_metrics(probs, np.zeros(4, int))["auroc"] is None
+
+
+def test_qwk_only_for_ordinal_classes():
+    y = np.array([0, 1, 2, 2])
+    assert "qwk" in classification_metrics(y, y, sources=["a"] * 4, num_classes=3)
+    nominal = classification_metrics(y, y, sources=["a"] * 4, num_classes=3, ordinal=False)
+    assert "qwk" not in nominal and "qwk_by_source" not in nominal and nominal["balanced_accuracy"] == 1.0
+
+
+def test_bootstrap_interval_is_seeded_and_resamples_groups():
+    values = np.array([0.0, 0.0, 1.0, 1.0, 1.0, 1.0])
+    groups = np.array(["a", "a", "b", "b", "b", "b"])
+    mean = lambda rows: float(values[rows].mean())
+    first = bootstrap_interval(mean, 6, groups, resamples=200, seed=1)
+    assert first == bootstrap_interval(mean, 6, groups, resamples=200, seed=1)
+    # whole slides: a resample is all-a (0), all-b (1) or one of each (2/3 of the patches from b)
+    drawn = []
+    bootstrap_interval(lambda rows: drawn.append(mean(rows)) or 0.0, 6, groups, resamples=200, seed=1)
+    assert set(np.round(drawn, 6)) <= {0.0, 1.0, round(4 / 6, 6)}
+    low, high = bootstrap_interval(mean, 6, None, resamples=200, seed=1)
+    assert 0.0 <= low < 4 / 6 < high <= 1.0
+    assert bootstrap_interval(lambda rows: None, 6) is None
 
 
 def test_aggregate_by_slide_mean_probability():

@@ -13,21 +13,27 @@ import sassl_core
 from sassl_core.errors import UserError
 from sassl_core.hookspecs import Register, TaskFactory
 from sassl_core.interfaces import TargetKind
-from sassl_core.metrics import classification_metrics
+from sassl_core.metrics import balanced_accuracy, classification_metrics, quadratic_weighted_kappa
 from sassl_plugins.tasks.mlp_head import MLPOptions, PooledMLPHead
 
 
 class ClassificationOptions(MLPOptions):
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
+    # ordered classes (grades: PANDA ISUP, the synthetic grades) add QWK, the headline metric;
+    # false for unordered ones (TCGA tumour types), whose headline is the balanced accuracy
+    ordinal: bool = True
 
 
 class ClassificationHead(PooledMLPHead):
-    """Logits ``(B, K)``; cross-entropy loss; softmax probabilities; QWK/accuracy/F1 metrics."""
+    """Logits ``(B, K)``; cross-entropy loss; softmax probabilities; QWK (ordinal classes),
+    accuracy, balanced accuracy, F1 and AUROC metrics."""
 
     def __init__(self, options: ClassificationOptions, in_channels: int, num_classes: int) -> None:
         super().__init__(options, in_channels, num_classes)
         self.num_classes = num_classes
         self.label_smoothing = options.label_smoothing
+        self.ordinal = options.ordinal
+        self.headline = "qwk" if options.ordinal else "balanced_accuracy"
 
     def forward(self, levels: Sequence[torch.Tensor], image_size: int) -> torch.Tensor:
         return self.raw(levels)
@@ -39,7 +45,14 @@ class ClassificationHead(PooledMLPHead):
         return output.softmax(dim=1)
 
     def metrics(self, predictions: np.ndarray, targets: np.ndarray, sources: np.ndarray | None) -> dict:
-        return classification_metrics(predictions, targets, sources, num_classes=self.num_classes)
+        return classification_metrics(predictions, targets, sources, num_classes=self.num_classes, ordinal=self.ordinal)
+
+    def headline_score(self, predictions: np.ndarray, targets: np.ndarray) -> float:
+        """The headline metric alone (validation, bootstrap intervals)."""
+        labels = predictions.argmax(1)
+        if self.ordinal:
+            return quadratic_weighted_kappa(targets, labels, self.num_classes)
+        return balanced_accuracy(targets, labels)
 
 
 def build(

@@ -22,6 +22,8 @@ class RegressionOptions(MLPOptions):
 class RegressionHead(PooledMLPHead):
     """A value in ``[0, 1]`` per image ``(B,)``; MSE loss; MAE/MSE/R² metrics."""
 
+    headline = "r2"
+
     def __init__(self, options: RegressionOptions, in_channels: int) -> None:
         super().__init__(options, in_channels, 1)
 
@@ -36,6 +38,10 @@ class RegressionHead(PooledMLPHead):
 
     def metrics(self, predictions: np.ndarray, targets: np.ndarray, sources: np.ndarray | None) -> dict:
         return regression_metrics(predictions, targets)
+
+    def headline_score(self, predictions: np.ndarray, targets: np.ndarray) -> float:
+        """The headline metric alone (validation, bootstrap intervals)."""
+        return regression_metrics(predictions, targets)["r2"]
 
 
 def build(options: RegressionOptions, feature_channels: Sequence[int], num_outputs: int | None) -> RegressionHead:

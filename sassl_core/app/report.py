@@ -15,7 +15,7 @@ from PIL import Image
 from sassl_core.config import RunConfig
 from sassl_core.files import atomic_write, atomic_write_text
 from sassl_core.interfaces import TargetKind
-from sassl_core.metrics import confusion_matrix
+from sassl_core.metrics import SEGMENTATION_DEFINITIONS, confusion_matrix
 from sassl_core.train.evaluate import Predictions
 
 CURVE_KEYS = ("L_ssl", "L_D", "a_same", "a_diff", "loss")
@@ -128,6 +128,28 @@ def _fmt(value) -> str:
     return str(value)
 
 
+def _headline_lines(metrics: dict) -> list[str]:
+    """The headline metric with its bootstrap 95 % interval."""
+    head = metrics.get("headline")
+    if not head:
+        return []
+    ci = head.get("ci95")
+    interval = f"95 % CI {_fmt(ci[0])}–{_fmt(ci[1])}" if ci else "no interval (a single class or slide)"
+    return [
+        "",
+        f"Headline: **{head['metric']} {_fmt(head['value'])}** ({interval}; {head['resamples']} bootstrap "
+        f"resamples by {head['resampled_by']}, seeded).",
+    ]
+
+
+def _selection_line(metrics: dict) -> str:
+    """Which fine-tuned weights were evaluated."""
+    val = {k: v for k, v in metrics.items() if k.startswith("val_")}
+    if "best_step" not in metrics:
+        return "Weights evaluated: the last fine-tuning step's (no validation patches)."
+    return f"Weights evaluated: step {metrics['best_step']}, the best on validation ({_fmt(val)})."
+
+
 def write_report(cfg: RunConfig, metrics: dict, run_dir: Path, images: list[str]) -> Path:
     lines = [
         f"# sassl run: {cfg.ssl.method}{' (SASSL)' if cfg.sassl.enabled else ''} → {cfg.task.name}",
@@ -142,6 +164,11 @@ def write_report(cfg: RunConfig, metrics: dict, run_dir: Path, images: list[str]
         "|---|---|",
         *[f"| {k} | {_fmt(v)} |" for k, v in metrics["metrics"].items()],
     ]
+    lines += _headline_lines(metrics)
+    if cfg.finetune.val_fraction > 0 or "best_step" in metrics:
+        lines += ["", _selection_line(metrics)]
+    if "dice" in metrics["metrics"]:
+        lines += ["", SEGMENTATION_DEFINITIONS]
     if "slide_metrics" in metrics:
         lines += [
             "",
@@ -151,6 +178,7 @@ def write_report(cfg: RunConfig, metrics: dict, run_dir: Path, images: list[str]
             "|---|---|",
         ]
         lines += [f"| {k} | {_fmt(v)} |" for k, v in metrics["slide_metrics"].items()]
+    lines += ["", "Per-patch and per-slide predictions: `predictions.csv`, `predictions_slides.csv`."]
     lines += ["", "## Figures", ""] + [f"![{name}]({name})" for name in images]
     lines += ["", "## Configuration", "", "The full resolved configuration is in `config.yaml`.", ""]
     path = Path(run_dir) / "report.md"

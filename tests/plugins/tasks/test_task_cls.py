@@ -60,3 +60,14 @@ def test_end_to_end_with_dual_encoder():
     out = head(enc(torch.randn(2, 3, 32, 32)), 32)
     head.loss(out, torch.tensor([0, 3])).backward()
     assert out.shape == (2, 4) and enc.special.conv1.weight.grad is not None
+
+
+def test_ordinal_option_decides_qwk_and_the_headline():
+    probs = np.array([[0.8, 0.1, 0.1], [0.1, 0.8, 0.1], [0.1, 0.1, 0.8], [0.1, 0.8, 0.1]])
+    truth = np.array([0, 1, 2, 2])
+    graded = cls.build(cls.ClassificationOptions(), CHANNELS, 3)
+    nominal = cls.build(cls.ClassificationOptions(ordinal=False), CHANNELS, 3)
+    assert graded.headline == "qwk" and graded.headline_score(probs, truth) == graded.metrics(probs, truth, None)["qwk"]
+    m = nominal.metrics(probs, truth, np.array(["a"] * 4))
+    assert "qwk" not in m and {"balanced_accuracy", "f1_macro", "auroc"} <= set(m)
+    assert nominal.headline == "balanced_accuracy" and nominal.headline_score(probs, truth) == m["balanced_accuracy"]

@@ -25,3 +25,9 @@ def test_metrics():
     head = reg.build(reg.RegressionOptions(), CHANNELS, None)
     m = head.metrics(np.array([0.2, 0.4]), np.array([0.2, 0.6]), None)
     assert np.isclose(m["mae"], 0.1) and np.isclose(m["mse"], 0.02) and np.isclose(m["r2"], 1 - 0.04 / 0.08)
+
+
+def test_headline_is_r2():
+    head = reg.build(reg.RegressionOptions(), CHANNELS, None)
+    pred, truth = np.array([0.1, 0.5, 0.8]), np.array([0.2, 0.4, 0.9])
+    assert head.headline == "r2" and head.headline_score(pred, truth) == head.metrics(pred, truth, None)["r2"]
