@@ -14,6 +14,8 @@ Each target is a ratio of two figures measured in this one process (never a time
 * ``e2e``      end-to-end throughput: slide-balanced batches from the patch cache through the
                DataLoader, views on the GPU, discriminator on, vs the raw ceiling (≥ 0.80);
 * ``hires``    512 px at the largest batch that fits, without and with activation checkpointing;
+* ``ddp``      the real step through DistributedDataParallel in a one-process group (NCCL on a
+               GPU, gloo on the CPU) vs the same step without one: DDP's own cost per step;
 * ``gather``   all_gather / all-reduce cost at 8 GPUs, estimated from the measured step and the
                bytes each collective moves (ring model, assumed NVLink bus bandwidth);
 * ``compile``  the ``step`` comparison with ``torch.compile`` on both sides (≥ 0.90); last,
@@ -30,28 +32,31 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import math
 import os
+import socket
 import sys
 import tempfile
 import time
 import traceback
 import types
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 from torch import nn
-
-from sassl_core.train.grad_sync import gradient_buckets
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common
 from common import StepSettings, Timing
 
-SECTIONS = ("step", "methods", "e2e", "hires", "gather", "compile")
+SECTIONS = ("step", "ddp", "methods", "e2e", "hires", "gather", "compile")
 COMPILE_NEEDS_S = 120  # budget left below which the compile section is skipped
 MAX_HIRES_BATCH = 1024  # the largest-batch search stops here (activation checkpointing frees a lot)
+DDP_BUCKET_BYTES = 25 * 2**20  # DistributedDataParallel's default bucket_cap_mb
 
 
 @dataclass(frozen=True)
@@ -173,6 +178,40 @@ def section_step(suite: Suite, compile: bool = False) -> dict:
     if not compile:
         out["discriminator_overhead"] = round(1 - timings["plain"]["median_s"] / timings["sassl"]["median_s"], 4)
     return out
+
+
+@contextmanager
+def one_process_group(device: torch.device) -> Iterator[str]:
+    """A torch.distributed group of this process alone (NCCL on a GPU, else gloo); yields the backend."""
+    backend = "nccl" if device.type == "cuda" and dist.is_nccl_available() else "gloo"
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+    try:
+        yield backend
+    finally:
+        dist.destroy_process_group()
+
+
+def section_ddp(suite: Suite) -> dict:
+    """The real step (SimSiam + discriminator) with its SSL model and D wrapped in
+    DistributedDataParallel, as under torchrun, vs the same step unwrapped, timed in turns."""
+    s, k = suite.plan.step, suite.plan.sources
+    plain = common.real_step_on_device(s, suite.plugins, "simsiam", True, k)
+    with one_process_group(suite.device) as backend:
+        ddp = common.real_step_on_device(s, suite.plugins, "simsiam", True, k)
+        wrapped = [type(r).__name__ for r in ddp.program.replicas]
+        timings = common.measure_interleaved(
+            {"plain": plain, "ddp": ddp}, suite.device, suite.plan.warmup, suite.plan.repeats
+        )
+    del plain, ddp
+    return {
+        "backend": backend,
+        "replicas": wrapped,
+        "cases": {name: t.as_dict(s.images_per_step) for name, t in timings.items()},
+        "ratio_ddp_over_plain": _ratio(timings["ddp"].median_s, timings["plain"].median_s),
+    }
 
 
 def section_methods(suite: Suite) -> dict:
@@ -297,8 +336,8 @@ def section_gather(suite: Suite, gpus: int = 8, busbw_gbs: float = 350.0, latenc
     adversary_s = 2 * (2 * all_gather(embed_bytes) + all_gather(id_bytes)) + 2 * all_reduce(n * embed_bytes)
     grad_bytes = sum(p.numel() * p.element_size() for p in grads)
     per_tensor_s = sum(all_reduce(p.numel() * p.element_size()) for p in grads)  # one collective per tensor
-    buckets = gradient_buckets([p.detach() for p in grads])  # what grad_sync.average_gradients sends
-    bucketed_s = sum(all_reduce(sum(p.numel() * p.element_size() for p in bucket)) for bucket in buckets)
+    buckets = max(1, math.ceil(grad_bytes / DDP_BUCKET_BYTES))  # DistributedDataParallel's bucket size
+    bucketed_s = buckets * lat + 2 * (n - 1) / n * grad_bytes / bw
     measured = suite.results.get("step", {}).get("cases", {}).get("sassl", {}).get("median_s")
     out = {
         "gpus": n,
@@ -309,14 +348,14 @@ def section_gather(suite: Suite, gpus: int = 8, busbw_gbs: float = 350.0, latenc
         "gathered_bytes_per_step": 2 * n * (2 * embed_bytes + id_bytes),
         "adversary_collectives_ms": round(adversary_s * 1e3, 3),
         "grad_tensors": len(grads),
-        "grad_buckets": len(buckets),
+        "grad_buckets": buckets,
         "grad_bytes": grad_bytes,
         "grad_allreduce_per_tensor_ms": round(per_tensor_s * 1e3, 3),
         "grad_allreduce_bucketed_ms": round(bucketed_s * 1e3, 3),
         "measured_step_s": measured,
     }
     if measured:
-        estimated = measured + adversary_s + bucketed_s
+        estimated = measured + adversary_s + bucketed_s  # no overlap assumed: DDP hides part of the all-reduce
         out.update(
             estimated_step_s=round(estimated, 4),
             adversary_share=round(adversary_s / estimated, 5),
@@ -346,6 +385,11 @@ def table(results: dict) -> str:
         add("step real/raw", r["ratio_real_over_raw"], ">= 0.90")
         add("discriminator overhead", r["discriminator_overhead"], "<= 0.05")
         add("peak memory real/raw", r["peak_ratio_real_over_raw"], "<= 1.10")
+    if "ddp" in results and "cases" in results["ddp"]:
+        add(
+            f"1-GPU DDP step time / plain step time ({results['ddp']['backend']})",
+            results["ddp"]["ratio_ddp_over_plain"],
+        )
     if "compile" in results and "cases" in results["compile"]:
         r = results["compile"]
         add("compiled raw img/s", r["cases"]["raw"]["img_per_s"], spec=".1f")
@@ -403,6 +447,7 @@ def main(argv=None) -> None:
     suite = Suite(plan, args.budget_s)
     runners = {
         "step": lambda: section_step(suite),
+        "ddp": lambda: section_ddp(suite),
         "methods": lambda: section_methods(suite),
         "e2e": lambda: section_e2e(suite),
         "hires": lambda: section_hires(suite),

@@ -1,5 +1,5 @@
 """Images per second of one real pretraining step, with and without the stain discriminator,
-against the raw SSL step of the same backbone — all three measured in one process.
+against the raw SSL step of the same backbone (and lightly's SimSiam step): all measured in one process.
 
     python benchmarks/pretrain_step.py [--method simsiam] [--backbone resnet18] [--image-size 64]
         [--batch 16] [--sources 4] [--device cpu|cuda] [--no-amp] [--compile] [--no-channels-last]
@@ -10,22 +10,29 @@ against the raw SSL step of the same backbone — all three measured in one proc
   embeddings, then the generator step on ``L_ssl − λ(a_same + a_diff)``);
 * real, adversary off (``sassl.enabled = False``, the plain SSL baseline of the paper);
 * raw: :class:`common.RawSimSiam` on random views already on the device (with the momentum
-  target's forward for MoCo and BYOL).
+  target's forward for MoCo and BYOL);
+* lightly (``--method simsiam``, when the ``lightly`` package is installed; a benchmark-only
+  dependency): lightly's SimSiam (``SimSiamProjectionHead``, ``SimSiamPredictionHead``,
+  ``NegativeCosineSimilarity``) on the same backbone, head widths, batch and optimiser, on random
+  views already on the device (lightly makes its views in the data loader).
 
-On the CPU the three cases are interleaved call by call (load from other processes falls on
+On the CPU the cases are interleaved call by call (load from other processes falls on
 all alike; ``--threads 1 --cpu-time`` times by the process's CPU time, blind to waits for a
 core); on CUDA each is measured alone, so that its peak memory is its own. Patches are
 random uint8 arrays already on the device: this times the step, not data loading
 (``benchmarks/gpu_suite.py`` measures the end-to-end path from the patch cache). Rates count
-both views (2 × batch images per step). Printed ratios: adversary on / off (its overhead) and
-real / raw.
+both views (2 × batch images per step). Printed ratios: adversary on / off (its overhead),
+real / raw, and step time over lightly's (targets: ≤ 1.0 adversary off, ≤ 1.05 on).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import sys
 import time
+from collections.abc import Callable
+from importlib.metadata import version
 from pathlib import Path
 
 import torch
@@ -39,11 +46,58 @@ from common import (
     environment,
     measure,
     measure_interleaved,
+    pretrain_config,
     raw_step,
     real_step_on_device,
     release,
     write_json,
 )
+
+
+def lightly_step(s: StepSettings, plugins) -> Callable[[], None]:
+    """One optimiser step of lightly's SimSiam at the widths of sassl's SimSiam defaults, its
+    backbone built as sassl builds it and its optimiser by sassl's ``build_optimizer`` with the
+    real step's settings, on two random views already on the device."""
+    from lightly.loss import NegativeCosineSimilarity
+    from lightly.models.modules import SimSiamPredictionHead, SimSiamProjectionHead
+    from torch import nn
+
+    from sassl_core.train.backbone import create_backbone, pooled_dim
+    from sassl_core.train.optim import build_optimizer
+    from sassl_plugins.ssl.simsiam import SimSiamOptions
+
+    cfg = pretrain_config(s, "simsiam", sassl=False)
+    widths = SimSiamOptions()
+    device = s.torch_device
+    backbone = create_backbone(plugins, cfg.backbone.name, cfg.backbone.options, s.image_size)
+    model = nn.ModuleDict(
+        {
+            "backbone": backbone,
+            "projection": SimSiamProjectionHead(pooled_dim(backbone), widths.proj_hidden_dim, widths.proj_dim),
+            "prediction": SimSiamPredictionHead(widths.proj_dim, widths.pred_hidden_dim, widths.proj_dim),
+        }
+    ).to(device)
+    fmt = torch.channels_last if s.channels_last else torch.contiguous_format
+    model = model.to(memory_format=fmt)
+    criterion = NegativeCosineSimilarity()
+    opt = build_optimizer(model, cfg.pretrain.optim)
+    x1 = torch.randn(s.batch, 3, s.image_size, s.image_size, device=device).contiguous(memory_format=fmt)
+    x2 = torch.randn_like(x1)
+    model.train()
+
+    def branch(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        z = model["projection"](model["backbone"](x).flatten(start_dim=1))
+        return z.detach(), model["prediction"](z)
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=s.amp and device.type == "cuda"):
+            (z1, p1), (z2, p2) = branch(x1), branch(x2)
+            loss = 0.5 * (criterion(z1, p2) + criterion(z2, p1))
+        loss.backward()
+        opt.step()
+
+    return step
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -100,6 +154,13 @@ def run(args: argparse.Namespace) -> dict:
             settings, plugins, args.method, sassl=True, sources_per_batch=args.sources
         ),
     }
+    lightly_missing = None
+    if args.method != "simsiam":
+        lightly_missing = "lightly row: SimSiam only (--method simsiam)"
+    elif importlib.util.find_spec("lightly") is None:
+        lightly_missing = "lightly row skipped: the lightly package is not installed (pip install lightly)"
+    else:
+        cases["lightly"] = lambda: lightly_step(settings, plugins)
     if device.type == "cpu":  # a shared CPU: interleave the cases call by call
         steps = {name: build() for name, build in cases.items()}
         clock = time.process_time if args.cpu_time else time.perf_counter
@@ -127,6 +188,13 @@ def run(args: argparse.Namespace) -> dict:
         "ratio_sassl_over_raw": round(rates["sassl"] / rates["raw"], 4),
         "ratio_plain_over_raw": round(rates["plain"] / rates["raw"], 4),
     }
+    if "lightly" in timings:
+        lightly_s = timings["lightly"].median_s
+        result["time_plain_over_lightly"] = round(timings["plain"].median_s / lightly_s, 4)
+        result["time_sassl_over_lightly"] = round(timings["sassl"].median_s / lightly_s, 4)
+        result["versions"] = {"lightly": version("lightly")}
+    else:
+        result["lightly_skipped"] = lightly_missing
     return result
 
 
@@ -138,7 +206,9 @@ def report(result: dict) -> str:
         f"channels_last={s['channels_last']}, clock={s['clock']}"
     )
     lines = [head]
-    for name, label in (("raw", "raw SSL step"), ("plain", "real, adversary off"), ("sassl", "real, adversary on")):
+    labels = {"raw": "raw SSL step", "plain": "real, adversary off", "sassl": "real, adversary on"}
+    labels |= {"lightly": f"lightly {result['versions']['lightly']}"} if "lightly" in t else {}
+    for name, label in labels.items():
         peak = f", peak {t[name]['peak_gib']} GiB" if t[name]["peak_gib"] is not None else ""
         lines.append(
             f"  {label:<22} {t[name]['median_s'] * 1e3:9.1f} ms  {t[name]['img_per_s']:9.1f} img/s  "
@@ -149,6 +219,13 @@ def report(result: dict) -> str:
         f"(discriminator overhead {100 * result['discriminator_overhead']:.1f}% of the step), "
         f"sassl/raw {result['ratio_sassl_over_raw']:.3f}, plain/raw {result['ratio_plain_over_raw']:.3f}"
     )
+    if "lightly" in t:
+        lines.append(
+            f"  step time over lightly's: adversary off {result['time_plain_over_lightly']:.3f} (target <= 1.0), "
+            f"adversary on {result['time_sassl_over_lightly']:.3f} (target <= 1.05)"
+        )
+    else:
+        lines.append(f"  {result['lightly_skipped']}")
     return "\n".join(lines)
 
 

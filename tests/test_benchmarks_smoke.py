@@ -3,6 +3,7 @@ report what they promise (no timing is asserted)."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
@@ -55,6 +56,12 @@ def test_pretrain_step_prints_ratio_and_writes_json(tmp_path):
     assert math.isclose(result["ratio_sassl_over_plain"], rates["sassl"] / rates["plain"], rel_tol=0.02)
     assert math.isclose(result["ratio_sassl_over_raw"], rates["sassl"] / rates["raw"], rel_tol=0.02)
     assert f"{result['ratio_sassl_over_plain']:.3f}" in proc.stdout
+    if importlib.util.find_spec("lightly") is None:  # a benchmark-only package: the row says it is missing
+        assert "lightly row skipped" in proc.stdout and "lightly" not in result["timings"]
+    else:
+        lightly_s, plain_s = result["timings"]["lightly"]["median_s"], result["timings"]["plain"]["median_s"]
+        assert math.isclose(result["time_plain_over_lightly"], plain_s / lightly_s, rel_tol=0.02)
+        assert f"adversary off {result['time_plain_over_lightly']:.3f}" in proc.stdout
 
 
 def test_measure_reports_median_of_repeats():
@@ -114,6 +121,16 @@ def test_real_step_on_device_runs_both_phases():
     after = list(step.program.modules["discriminator"].parameters())
     assert any(not torch.equal(a, b) for a, b in zip(before, after))  # the discriminator stepped
     assert step.step == 1
+
+
+def test_gpu_suite_times_the_real_step_through_ddp():
+    suite = gpu_suite.Suite(gpu_suite.SMOKE_PLAN, budget_s=60)
+    out = gpu_suite.section_ddp(suite)
+    assert out["backend"] == "gloo" and out["replicas"] == ["DistributedDataParallel"] * 2  # SSL model and D
+    assert not torch.distributed.is_initialized()  # the one-process group is gone again
+    ratio = out["cases"]["ddp"]["median_s"] / out["cases"]["plain"]["median_s"]
+    assert math.isclose(out["ratio_ddp_over_plain"], ratio, rel_tol=0.02)
+    assert "1-GPU DDP step time / plain step time (gloo)" in gpu_suite.table({"ddp": out})
 
 
 def test_missing_package_gets_a_stand_in(monkeypatch):

@@ -26,13 +26,16 @@ class BYOLOptions(BaseModel):
     pred_hidden_dim: int = Field(512, gt=0)
     base_momentum: float = Field(0.99, ge=0, le=1, description="target EMA momentum at the start")
     final_momentum: float = Field(1.0, ge=0, le=1, description="target EMA momentum at the end")
+    batch_norm: bool = Field(True, description="BatchNorm1d in the heads; false: no batch statistics")
 
 
 class BYOL(MomentumMethod):
     def __init__(self, options: BYOLOptions, encoder: nn.Module, feature_dim: int) -> None:
-        projector = build_mlp(feature_dim, options.proj_hidden_dim, options.proj_dim)
+        projector = build_mlp(feature_dim, options.proj_hidden_dim, options.proj_dim, batch_norm=options.batch_norm)
         super().__init__(encoder, projector, options.base_momentum, options.final_momentum)
-        self.predictor = build_mlp(options.proj_dim, options.pred_hidden_dim, options.proj_dim)
+        self.predictor = build_mlp(
+            options.proj_dim, options.pred_hidden_dim, options.proj_dim, batch_norm=options.batch_norm
+        )
 
     def forward(self, x1: torch.Tensor, x2: torch.Tensor) -> SSLOutput:
         (h1, z1), (h2, z2) = self.online_embedding(x1), self.online_embedding(x2)

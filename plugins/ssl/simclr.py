@@ -22,12 +22,15 @@ class SimCLROptions(BaseModel):
     proj_dim: int = Field(128, gt=0, description="projector output size (the embeddings S1, S2)")
     proj_hidden_dim: int = Field(512, gt=0)
     temperature: float = Field(0.1, gt=0)
+    batch_norm: bool = Field(True, description="BatchNorm1d in the heads; false: no batch statistics")
 
 
 class SimCLR(SSLMethod):
     def __init__(self, options: SimCLROptions, encoder: nn.Module, feature_dim: int) -> None:
         super().__init__(encoder)
-        self.projector = build_mlp(feature_dim, options.proj_hidden_dim, options.proj_dim)
+        self.projector = build_mlp(
+            feature_dim, options.proj_hidden_dim, options.proj_dim, batch_norm=options.batch_norm
+        )
         self.temperature = options.temperature
 
     def forward(self, x1: torch.Tensor, x2: torch.Tensor) -> SSLOutput:

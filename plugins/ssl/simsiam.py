@@ -23,15 +23,23 @@ class SimSiamOptions(BaseModel):
     proj_hidden_dim: int = Field(512, gt=0)
     proj_layers: int = Field(3, ge=1, description="Linear layers of the projector")
     pred_hidden_dim: int = Field(128, gt=0, description="predictor bottleneck width")
+    batch_norm: bool = Field(True, description="BatchNorm1d in the heads; false: no batch statistics")
 
 
 class SimSiam(SSLMethod):
     def __init__(self, options: SimSiamOptions, encoder: nn.Module, feature_dim: int) -> None:
         super().__init__(encoder)
         self.projector = build_mlp(
-            feature_dim, options.proj_hidden_dim, options.proj_dim, options.proj_layers, last_batch_norm=True
+            feature_dim,
+            options.proj_hidden_dim,
+            options.proj_dim,
+            options.proj_layers,
+            batch_norm=options.batch_norm,
+            last_batch_norm=options.batch_norm,
         )
-        self.predictor = build_mlp(options.proj_dim, options.pred_hidden_dim, options.proj_dim, num_layers=2)
+        self.predictor = build_mlp(
+            options.proj_dim, options.pred_hidden_dim, options.proj_dim, num_layers=2, batch_norm=options.batch_norm
+        )
 
     def forward(self, x1: torch.Tensor, x2: torch.Tensor) -> SSLOutput:
         h1, h2 = self.encoder(x1), self.encoder(x2)

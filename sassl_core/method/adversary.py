@@ -73,9 +73,15 @@ class StainAdversary(nn.Module):
         return self.lam * min(1.0, max(step, 0) / self.warmup_steps)
 
     def affinity_means(
-        self, s1: torch.Tensor, s2: torch.Tensor, source_ids: torch.Tensor, frozen: bool = False
+        self,
+        s1: torch.Tensor,
+        s2: torch.Tensor,
+        source_ids: torch.Tensor,
+        frozen: bool = False,
+        discriminator: nn.Module | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(a_same, a_diff)`` over the global batch; ``frozen`` runs D with detached weights."""
+        """``(a_same, a_diff)`` over the global batch; ``frozen`` runs D with detached weights,
+        otherwise ``discriminator`` (D itself, or a wrapper of it such as DistributedDataParallel)."""
         s1, s2 = gather_with_grad(s1), gather_with_grad(s2)
         source_ids = gather_with_grad(torch.as_tensor(source_ids, device=s1.device))
         if self.normalize:
@@ -85,15 +91,17 @@ class StainAdversary(nn.Module):
             l1 = functional_call(self.discriminator, weights, (s1,))
             l2 = functional_call(self.discriminator, weights, (s2,))
         else:
-            l1, l2 = self.discriminator(s1), self.discriminator(s2)
+            net = discriminator or self.discriminator
+            l1, l2 = net(s1), net(s2)
         affinity = affinity_matrix(l1, l2, self.temperature, self.squash, self.cosine)
         return masked_means(affinity, relation_matrix(source_ids))
 
     def discriminator_loss(
-        self, s1: torch.Tensor, s2: torch.Tensor, source_ids: torch.Tensor
+        self, s1: torch.Tensor, s2: torch.Tensor, source_ids: torch.Tensor, discriminator: nn.Module | None = None
     ) -> tuple[torch.Tensor, Stats]:
-        """``L_D = a_diff - a_same`` on detached embeddings (paper Eq. 6)."""
-        a_same, a_diff = self.affinity_means(s1.detach(), s2.detach(), source_ids)
+        """``L_D = a_diff - a_same`` on detached embeddings (paper Eq. 6), scored by
+        ``discriminator`` (default: D)."""
+        a_same, a_diff = self.affinity_means(s1.detach(), s2.detach(), source_ids, discriminator=discriminator)
         loss = a_diff - a_same
         return loss, _stats(a_same, a_diff)
 

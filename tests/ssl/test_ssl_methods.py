@@ -65,6 +65,17 @@ def test_a_few_steps_lower_the_loss_on_a_fixed_batch(ssl_registry, name, views):
     assert loss_now().item() < start - 1e-3
 
 
+@pytest.mark.parametrize("name", ["simsiam", "byol", "simclr"])
+def test_batch_norm_false_leaves_no_batch_statistics(ssl_registry, name, views):
+    """Heads without BatchNorm keep no batch statistics, so a batch split across processes trains
+    like the whole batch even where SyncBatchNorm is unavailable (CPUs)."""
+    with_bn, without = create(ssl_registry, name), create(ssl_registry, name, batch_norm=False)
+    assert any(isinstance(m, torch.nn.BatchNorm1d) for m in with_bn.modules())
+    assert not any(isinstance(m, torch.nn.BatchNorm1d) for m in without.modules())
+    out = without(*views)
+    assert torch.isfinite(out.loss)
+
+
 @pytest.mark.parametrize("name", ["moco", "byol"])
 def test_after_step_moves_the_target_by_the_scheduled_momentum(ssl_registry, name):
     model = create(ssl_registry, name, base_momentum=0.9, final_momentum=1.0)
