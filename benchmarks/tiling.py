@@ -29,9 +29,12 @@ SHARED_SLIDE = Path(__file__).resolve().parents[2] / "shared" / "data" / "cmu_sm
 
 
 def default_slide(folder: Path) -> Path:
-    """The shared real slide, else a 4096² generated slide: pink tissue disc on glass, 0.25 µm/px."""
-    if SHARED_SLIDE.is_file():
-        return SHARED_SLIDE
+    """The shared real slide, else :func:`generated_slide`."""
+    return SHARED_SLIDE if SHARED_SLIDE.is_file() else generated_slide(folder)
+
+
+def generated_slide(folder: Path) -> Path:
+    """A 4096² 4-level pyramidal TIFF: pink tissue disc on glass, 0.25 µm/px."""
     rng = np.random.default_rng(0)
     yy, xx = np.mgrid[:4096, :4096]
     image = np.clip(rng.normal(238, 3, (4096, 4096, 3)), 0, 255)

@@ -85,7 +85,7 @@ class RestainedOptions(BaseModel):
     )
     block_tissue: float = Field(0.5, gt=0.0, le=1.0, description="least tissue fraction of a kept block")
     max_blocks_per_file: int = Field(64, ge=1, description="blocks cut from one source file at most (seeded sample)")
-    source_mpp: float = Field(0.5, gt=0.0, description="µm/px of source images without a resolution (--mpp wins)")
+    source_mpp: float = Field(0.5, gt=0.0, description="µm/px of images with no resolution (--fallback-mpp wins)")
     stain_shift: float = Field(1.0, ge=0.0, le=3.0, description="how far centres' stains differ (0: identical)")
     slide_jitter: float = Field(0.15, ge=0.0, le=1.0, description="per-slide jitter, a fraction of each span")
     max_blur: float = Field(0.0, ge=0.0, le=4.0, description="largest scanner blur sigma in px (0: none)")

@@ -7,6 +7,8 @@ the patch is resized to ``patch_size`` (the model's input size) after reading.
 
 from __future__ import annotations
 
+import csv
+import importlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from sassl_core.errors import UserError
+from sassl_core.files import atomic_write
 
 COLUMNS = {
     "slide": str,  # path of the slide or image file
@@ -29,6 +32,10 @@ COLUMNS = {
     "mask": str,  # path of a label mask aligned with ``slide`` ('' when none), class in channel 0
     "split": str,  # 'train', 'val' or 'test'
 }
+# Columns a saved index must hold (besides ``patch_size``); the others take their 'unknown' value.
+REQUIRED = ("slide", "x", "y", "level", "read_size", "source")
+DEFAULTS = {"label": -1, "target": float("nan"), "mask": "", "split": "train"}
+FORMATS = (".csv", ".parquet", ".jsonl")
 
 
 @dataclass
@@ -50,8 +57,7 @@ class PatchTable:
     @classmethod
     def from_rows(cls, rows: list[dict], patch_size: int) -> PatchTable:
         """Build from dicts; missing optional fields take their 'unknown' value."""
-        defaults = {"label": -1, "target": float("nan"), "mask": "", "split": "train"}
-        cols = {k: _objects([r.get(k, defaults.get(k)) for r in rows]) for k in COLUMNS}
+        cols = {k: _objects([r.get(k, DEFAULTS.get(k)) for r in rows]) for k in COLUMNS}
         cols["slide_id"] = _objects([r.get("slide_id", r.get("source")) for r in rows])
         return cls(cols, patch_size)
 
@@ -82,28 +88,94 @@ class PatchTable:
         return ids.astype(np.int64)
 
     def save(self, path: Path) -> None:
-        """Write as JSON lines plus a header line (human-readable, diff-able)."""
-        tmp = Path(str(path) + ".tmp")
-        with open(tmp, "w") as fh:
-            fh.write(json.dumps({"patch_size": self.patch_size, "columns": list(COLUMNS)}) + "\n")
-            for i in range(len(self)):
-                row = [_plain(self.columns[k][i]) for k in COLUMNS]
-                fh.write(json.dumps(row) + "\n")
-        tmp.replace(path)
+        """Write by suffix: ``.csv`` (one row a patch; header = the :data:`COLUMNS` then
+        ``patch_size``; NaN targets as empty cells) or ``.parquet`` (the same columns; needs
+        pyarrow). Atomic: a kill leaves the previous file."""
+        path = Path(path)
+        suffix = _suffix(path, FORMATS[:2])
+        names = [*COLUMNS, "patch_size"]
+        cols = [[_plain(v) for v in self.columns[k]] for k in COLUMNS] + [[self.patch_size] * len(self)]
+        if suffix == ".csv":
+
+            def write(tmp: Path) -> None:
+                with open(tmp, "w", newline="") as fh:
+                    out = csv.writer(fh)
+                    out.writerow(names)
+                    out.writerows(zip(*cols, strict=True))
+
+            atomic_write(path, write)
+        else:
+            pa, pq = _pyarrow(path)
+            atomic_write(path, lambda tmp: pq.write_table(pa.table(dict(zip(names, cols, strict=True))), tmp))
 
     @classmethod
     def load(cls, path: Path) -> PatchTable:
+        """The one reader of a patch index, by suffix: ``.csv`` or ``.parquet`` as written by
+        :meth:`save`, or the legacy ``.jsonl`` (a header line ``{patch_size, columns}`` then one
+        JSON list per row).
+
+        Columns (see :data:`COLUMNS`): ``slide`` (path), ``x``, ``y`` (level-0 top-left),
+        ``level``, ``read_size``, ``source`` and ``patch_size`` (one value for every row) are
+        required; ``slide_id`` defaults to ``source``, ``label`` to -1, ``target`` to NaN,
+        ``mask`` to '' and ``split`` to 'train'. Unknown columns are ignored.
+        """
+        path = Path(path)
+        suffix = _suffix(path, FORMATS)
         try:
-            with open(path) as fh:
-                header = json.loads(fh.readline())
-                rows = [json.loads(line) for line in fh if line.strip()]
-            names = header["columns"]
-            cols = {k: _objects([r[i] for r in rows]) for i, k in enumerate(names)}
-            return cls(cols, int(header["patch_size"]))
+            if suffix == ".csv":
+                with open(path, newline="") as fh:
+                    reader = csv.reader(fh)
+                    names = next(reader)
+                    rows = list(reader)
+                cols = {k: [r[i] for r in rows] for i, k in enumerate(names)}
+                if "target" in cols:
+                    cols["target"] = [v if v != "" else "nan" for v in cols["target"]]
+            elif suffix == ".parquet":
+                _, pq = _pyarrow(path)
+                cols = pq.read_table(path).to_pydict()
+            else:
+                with open(path) as fh:
+                    header = json.loads(fh.readline())
+                    rows = [json.loads(line) for line in fh if line.strip()]
+                cols = {k: [r[i] for r in rows] for i, k in enumerate(header["columns"])}
+                cols["patch_size"] = [header["patch_size"]] * len(rows)
+            return cls._from_columns(cols)
         except FileNotFoundError:
             raise UserError(f"{path}: patch index not found") from None
-        except (ValueError, KeyError, IndexError, TypeError) as err:
-            raise UserError(f"{path}: not a sassl patch index ({err})") from None
+        except PermissionError:
+            raise UserError(f"{path}: permission denied") from None
+        except (ValueError, KeyError, IndexError, TypeError, StopIteration, OSError) as err:
+            raise UserError(f"{path}: not a sassl patch index ({type(err).__name__}: {err})") from None
+
+    @classmethod
+    def _from_columns(cls, cols: dict[str, list]) -> PatchTable:
+        missing = [k for k in (*REQUIRED, "patch_size") if k not in cols]
+        if missing:
+            raise KeyError(f"missing columns {missing}")
+        sizes = {int(v) for v in cols["patch_size"]}
+        if len(sizes) > 1:
+            raise ValueError(f"patch_size differs between rows: {sorted(sizes)}")
+        n = len(cols["slide"])
+        full = {k: cols.get(k, [DEFAULTS.get(k)] * n) for k in COLUMNS}
+        if "slide_id" not in cols:
+            full["slide_id"] = cols["source"]
+        full["target"] = [float("nan") if v is None else v for v in full["target"]]
+        return cls({k: _objects(v) for k, v in full.items()}, sizes.pop() if sizes else 0)
+
+
+def _suffix(path: Path, allowed: tuple[str, ...]) -> str:
+    suffix = path.suffix.lower()
+    if suffix not in allowed:
+        raise UserError(f"{path}: expected a patch index named {' or '.join(allowed)}, found {suffix or 'no suffix'}")
+    return suffix
+
+
+def _pyarrow(path: Path):
+    """``(pyarrow, pyarrow.parquet)``, or the one-line error when pyarrow is not installed."""
+    try:
+        return importlib.import_module("pyarrow"), importlib.import_module("pyarrow.parquet")
+    except ImportError:
+        raise UserError(f"{path}: a .parquet patch index needs pyarrow (pip install pyarrow); use .csv") from None
 
 
 def _plain(value):

@@ -8,6 +8,10 @@ pixels (OpenSlide's convention); regions outside the image read as background.
 The resolution (µm per level-0 pixel) comes from the file (``openslide.mpp-x/y`` or TIFF
 resolution tags), else from the objective power (mpp ≈ 10 / power, logged as an estimate),
 else from the caller's ``fallback_mpp``; otherwise it is an error, never a silent guess.
+
+Plain images are decoded whole, so one declaring more than ``max_image_pixels()`` pixels (a
+decompression bomb: a few kB of deflate can declare 20000 x 20000 px) is refused before
+decoding; the limit is raised with the environment variable ``SASSL_MAX_IMAGE_PIXELS``.
 """
 
 from __future__ import annotations
@@ -38,6 +42,10 @@ SLIDE_ONLY_SUFFIXES = {".svs", ".ndpi", ".vms", ".vmu", ".scn", ".mrxs", ".svsli
 # small enough to read whole: OpenSlide's get_thumbnail reads the whole level in one go, 40 GB
 # of RGBA for a 100k x 100k slide stored without a pyramid.
 THUMBNAIL_BLOCK = 4096
+# Default pixel limit of a plain image decoded whole: PIL's MAX_IMAGE_PIXELS (~0.27 GB of RGB).
+MAX_IMAGE_PIXELS = 89_478_485
+# Advice in the error of a slide without a resolution: the flag of the command that reads it.
+FALLBACK_FLAG = "--fallback-mpp"
 
 
 class SlideReader(ABC):
@@ -45,8 +53,11 @@ class SlideReader(ABC):
 
     Attributes: ``path``, ``dimensions`` (w, h at level 0), ``level_count``,
     ``level_dimensions``, ``level_downsamples``, ``mpp_source`` ('file', 'objective-power',
-    'fallback' or None) and the property ``mpp``.
+    'fallback' or None), the property ``mpp`` and ``fallback_flag`` (the option named in the
+    error when no resolution is known).
     """
+
+    fallback_flag = FALLBACK_FLAG
 
     def __init__(self, path: Path, level_dimensions, level_downsamples, mpp: float | None, mpp_source: str | None):
         self.path = Path(path)
@@ -61,13 +72,13 @@ class SlideReader(ABC):
     def mpp(self) -> float:
         """µm per level-0 pixel; raises :class:`UserError` when the file gives none."""
         if self._mpp is None:
-            raise UserError(f"{self.path}: no resolution (openslide.mpp-x) in the file; pass --mpp")
+            raise UserError(f"{self.path}: no resolution (openslide.mpp-x) in the file; pass {self.fallback_flag}")
         return self._mpp
 
     def use_fallback_mpp(self, mpp: float) -> None:
         """Take ``mpp`` as the resolution when the file gives none."""
         if mpp <= 0:
-            raise UserError(f"--mpp: expected a positive resolution in µm/px, found {mpp}")
+            raise UserError(f"{self.fallback_flag}: expected a positive resolution in µm/px, found {mpp}")
         if self._mpp is None:
             self._mpp, self.mpp_source = float(mpp), "fallback"
 
@@ -84,6 +95,11 @@ class SlideReader(ABC):
     @abstractmethod
     def thumbnail(self, max_side: int) -> np.ndarray:
         """RGB uint8 ``(h, w, 3)`` of the whole image, longest side ``max_side``."""
+
+    def overview(self, max_side: int) -> np.ndarray:
+        """RGB uint8 view of the whole image for tissue detection: longest side between
+        ``max_side / 2`` and ``max_side``, taken as cheaply as the file allows."""
+        return self.thumbnail(max_side)
 
     def close(self) -> None:  # noqa: B027 - a no-op unless the reader holds a file
         """Release the file."""
@@ -123,6 +139,17 @@ class OpenSlideReader(SlideReader):
         except openslide.OpenSlideError as err:  # a corrupt tile of the level it is read from
             raise UserError(f"{self.path}: unreadable slide thumbnail ({err})") from None
         return np.asarray(image.convert("RGB"))
+
+    def overview(self, max_side):
+        """The file's own thumbnail image (an SVS stores one) when it shows the whole slide at a
+        scale within 2x of ``max_side``: no pyramid level is decoded, which on a single-level
+        slide would mean the whole scan."""
+        stored = self._slide.associated_images.get("thumbnail") if max_side > 1 else None
+        if stored is not None:
+            (w, h), (sw, sh) = self.dimensions, stored.size
+            if max_side / 2 <= max(sw, sh) <= max_side and abs(sw / sh - w / h) <= 0.02 * w / h:
+                return np.asarray(stored.convert("RGB"))
+        return self.thumbnail(max_side)
 
     def _thumbnail_by_blocks(self, level: int, max_side: int) -> np.ndarray:
         """The thumbnail of ``level`` read and shrunk one ``THUMBNAIL_BLOCK`` square at a time,
@@ -218,15 +245,43 @@ def _tiff_mpp(tif) -> float | None:
     return _plausible(per_unit * den / num)
 
 
+def max_image_pixels() -> int:
+    """Largest plain image (pixels) decoded whole: ``SASSL_MAX_IMAGE_PIXELS`` or ``MAX_IMAGE_PIXELS``."""
+    value = os.environ.get("SASSL_MAX_IMAGE_PIXELS", "")
+    if not value:
+        return MAX_IMAGE_PIXELS
+    try:
+        limit = int(value)
+    except ValueError:
+        limit = 0
+    if limit <= 0:
+        raise UserError(f"SASSL_MAX_IMAGE_PIXELS: expected a positive whole number of pixels, found {value!r}")
+    return limit
+
+
+def _check_pixels(path: Path, width: int, height: int) -> None:
+    """Refuse a plain image declaring more pixels than :func:`max_image_pixels` before decoding it."""
+    limit = max_image_pixels()
+    if width * height > limit:
+        raise UserError(
+            f"{path}: image declares {width}x{height} = {width * height} pixels, more than the limit "
+            f"{limit} for a single-level image (a decompression bomb?); raise SASSL_MAX_IMAGE_PIXELS "
+            "or store it as a tiled pyramid"
+        )
+
+
 def _load_plain(path: Path) -> tuple[np.ndarray, float | None]:
     """Pixels (h, w, 3) uint8 and the resolution found in the file, if any."""
     if path.suffix.lower() in {".tif", ".tiff"}:
         import tifffile
 
         with tifffile.TiffFile(path) as tif:
-            pixels, mpp = tif.pages[0].asarray(), _tiff_mpp(tif)
+            page = tif.pages[0]
+            _check_pixels(path, int(page.imagewidth), int(page.imagelength))
+            pixels, mpp = page.asarray(), _tiff_mpp(tif)
     else:
         with Image.open(path) as image:
+            _check_pixels(path, *image.size)
             pixels, mpp = np.asarray(image.convert("RGB")), None  # PNG/JPEG dpi is never microscopy
     if pixels.ndim == 2:
         pixels = np.repeat(pixels[..., None], 3, axis=2)
@@ -235,15 +290,23 @@ def _load_plain(path: Path) -> tuple[np.ndarray, float | None]:
     return np.ascontiguousarray(pixels[..., :3]), mpp
 
 
-def open_slide(path: str | Path, fallback_mpp: float | None = None, require_mpp: bool = True) -> SlideReader:
+def open_slide(
+    path: str | Path, fallback_mpp: float | None = None, require_mpp: bool = True, fallback_flag: str = FALLBACK_FLAG
+) -> SlideReader:
     """Open a slide or plain image; see the module docstring for how the resolution is found.
 
     ``require_mpp=False`` opens files without a resolution (label masks, thumbnails); their
-    ``mpp`` then raises on access.
+    ``mpp`` then raises on access. ``fallback_flag``: the option that error advises (the calling
+    command's name for ``fallback_mpp``).
     """
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: file not found")
+    try:
+        with open(path, "rb") as fh:
+            fh.read(1)
+    except PermissionError:
+        raise UserError(f"{path}: permission denied (the file cannot be read by this user)") from None
     try:
         fmt = openslide.OpenSlide.detect_format(str(path))
     except openslide.OpenSlideError as err:
@@ -269,6 +332,7 @@ def open_slide(path: str | Path, fallback_mpp: float | None = None, require_mpp:
         raise
     except Exception as err:  # any decoder's failure on a truncated or corrupt file
         raise UserError(f"{path}: unreadable image ({type(err).__name__}: {err})") from None
+    reader.fallback_flag = fallback_flag
     if fallback_mpp is not None:
         reader.use_fallback_mpp(fallback_mpp)
     if require_mpp:

@@ -4,23 +4,36 @@ slide after Otsu background removal).
 A patch is a square of ``patch_size`` pixels at ``target_mpp`` µm/px. It is read as
 ``read_size`` pixels from the pyramid level needing the least resampling and resized to
 ``patch_size`` afterwards (see :func:`sassl_core.wsi.cache.read_patch`).
+
+:func:`tile_to_folder` tiles many slides (in parallel worker processes, one slide each at a
+time) into a folder holding ``patches.csv``, ``summary.json`` and per-slide masks.
 """
 
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import shutil
+import signal
+import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Generator
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
-from sassl_core.errors import UserError
+import sassl_core
+from sassl_core.errors import SasslError, UserError
+from sassl_core.files import atomic_write, atomic_write_text
 from sassl_core.wsi.patches import PatchTable
 from sassl_core.wsi.reader import SlideReader, open_slide
-from sassl_core.wsi.tissue import TissueMask, detect_tissue, save_overlay
+from sassl_core.wsi.tissue import TissueMask, detect_tissue, save_mask, save_overlay
 
 SLIDE_SUFFIXES = {
     ".svs", ".tif", ".tiff", ".ndpi", ".vms", ".vmu", ".scn", ".mrxs", ".svslide", ".bif",
@@ -55,10 +68,13 @@ def tile_slide(
     """Grid patches of ``reader`` holding at least ``tissue_threshold`` tissue.
 
     Rows ``{slide, x, y, level, read_size}`` (level-0 top-left corners, row-major order). The
-    grid step is ``patch_size - overlap`` patch pixels. Beyond ``max_patches`` kept patches, a
+    grid step is ``patch_size - overlap`` patch pixels. Beyond ``max_patches`` (0 or None: no
+    limit) kept patches, a
     seeded, spatially balanced sample without replacement is taken (one patch per equal stratum
     of the Z-order curve over the grid).
     """
+    if max_patches is not None and max_patches < 0:
+        raise UserError(f"max patches per slide: expected 0 (all) or more, found {max_patches}")
     if not 0 <= overlap < patch_size:
         raise UserError(f"overlap: expected 0 <= overlap < patch size {patch_size}, found {overlap}")
     level, read_size = choose_level(reader, target_mpp, patch_size)
@@ -81,7 +97,7 @@ def tile_slide(
         raise UserError(
             f"{reader.path}: no tissue found (none of {xs.size} patches has >= {tissue_threshold:.0%} tissue)"
         )
-    if max_patches is not None and keep.size > max_patches:
+    if max_patches and keep.size > max_patches:
         keep = _balanced_sample(keep, grid_x[keep], grid_y[keep], max_patches, seed)
     slide = str(reader.path)
     return [{"slide": slide, "x": int(xs[i]), "y": int(ys[i]), "level": level, "read_size": read_size} for i in keep]
@@ -115,105 +131,316 @@ def _morton(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return spread(x) | (spread(y) << np.uint64(1))
 
 
-def find_slides(paths: list[Path]) -> list[Path]:
-    """Files given, plus the slide files (by extension) inside given folders, sorted per folder."""
+@dataclass(frozen=True)
+class TileOptions:
+    """Parameters of a tiling run (all recorded in ``summary.json``).
+
+    ``magnification`` is recorded only (``target_mpp`` = 10 / magnification was derived from it);
+    ``max_per_slide`` 0 keeps every tissue patch; ``fallback_flag`` names the option that sets
+    ``fallback_mpp`` in error messages.
+    """
+
+    patch_size: int = 224
+    target_mpp: float = 0.5
+    magnification: float | None = None
+    fallback_mpp: float | None = None
+    max_per_slide: int = 100
+    tissue_threshold: float = 0.5
+    overlap: int = 0
+    seed: int = 0
+    save_tiles: bool = False
+    fallback_flag: str = "--fallback-mpp"
+
+
+class TilingInterrupted(SasslError):
+    """SIGTERM or SIGINT arrived during :func:`tile_to_folder`; nothing was written to ``out``."""
+
+    def __init__(self, signum: int):
+        super().__init__(f"tiling interrupted by signal {signum}; nothing written")
+        self.signum = signum
+
+
+def find_slides(paths: list[Path], skip: Path | None = None) -> list[Path]:
+    """Files given, plus the slide files (by extension) inside given folders, sorted per folder.
+
+    Inside folders, ``skip`` (the output folder), sassl's staging folders and every folder
+    holding a tiling's ``summary.json`` (with all below it) are left out, so tiling a folder into
+    a sub-folder of itself, again, never picks up its own outputs.
+    """
+    skip = Path(os.path.abspath(skip)) if skip is not None else None
     found: list[Path] = []
     for path in map(Path, paths):
-        if path.is_dir():
-            found += sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in SLIDE_SUFFIXES)
-        else:
+        if not path.is_dir():
             found.append(path)  # open_slide reports a missing or unsupported file
+            continue
+        inside: list[Path] = []
+        for folder, dirs, files in os.walk(path):
+            here = Path(folder)
+            staging = here.name.startswith(".") and ".partial-" in here.name
+            if staging or Path(os.path.abspath(here)) == skip or _holds_tiling(here):
+                dirs.clear()
+                continue
+            inside += [here / f for f in files if Path(f).suffix.lower() in SLIDE_SUFFIXES]
+        found += sorted(inside)
     return found
+
+
+def _holds_tiling(folder: Path) -> bool:
+    """Whether ``folder`` holds a ``summary.json`` written by :func:`tile_to_folder`."""
+    try:
+        return "patches_per_slide" in json.loads((folder / "summary.json").read_text())
+    except (OSError, ValueError, TypeError):
+        return False
 
 
 def tile_to_folder(
     paths: list[Path],
     out: Path,
-    patch_size: int = 224,
-    target_mpp: float = 0.5,
-    fallback_mpp: float | None = None,
-    max_per_slide: int | None = 100,
-    tissue_threshold: float = 0.5,
-    overlap: int = 0,
+    options: TileOptions = TileOptions(),
+    workers: int = 1,
     strict: bool = False,
-    seed: int = 0,
-    progress: Callable[[int, int, str], None] | None = None,
     overwrite: bool = False,
+    progress: Callable[[int, int, str], None] | None = None,
 ) -> dict:
     """Tile every slide of ``paths`` (files or folders) into ``out``.
 
-    Writes ``out/patches.jsonl`` (a :class:`PatchTable`; source and slide_id = slide file stem,
-    split 'train'), ``out/masks/<stem>_tissue.png`` overlays and ``out/summary.json``
-    ``{slides, patches_per_slide, skipped: [{file, reason}], seconds}``. A slide that fails is
-    recorded in ``skipped`` (or, with ``strict``, its :class:`UserError` is raised).
-    ``progress(done, total, file)`` is called after each slide. Returns the summary.
+    Writes ``out/patches.csv`` (a :class:`PatchTable`: absolute slide paths; source and slide_id
+    = slide file stem; split 'train'), per slide ``out/masks/<stem>_mask.png`` (tissue 255,
+    glass 0, thumbnail scale) and ``out/masks/<stem>_tiles.png`` (thumbnail, tissue tinted green,
+    kept patches outlined in blue), with ``save_tiles`` every kept patch as
+    ``out/tiles/<stem>/<x>_<y>.png``, and ``out/summary.json`` ``{sassl_version, parameters,
+    slides, patches, patches_per_slide, skipped: [{file, reason}], seconds}``. A slide that fails
+    is recorded in ``skipped`` (or, with ``strict``, its :class:`UserError` is raised).
 
-    Overlays are written to a temporary sibling folder and moved into ``out`` only once the
-    run succeeds: a run that fails (or is killed) leaves ``out`` as it was.
+    ``workers`` > 1 tiles slides in that many processes; results are merged in slide order, so
+    the output does not depend on it. ``progress(done, total, file)`` is called after each slide.
+    Everything is written to a staging folder beside ``out`` and moved in only once the run
+    succeeds: a run that fails or gets SIGTERM/SIGINT (:class:`TilingInterrupted`) leaves ``out``
+    as it was; staging folders of killed runs are removed by the next run.
     """
     start = time.perf_counter()
-    out = Path(out)
-    if (out / "patches.jsonl").exists() and not overwrite:
-        raise UserError(f"{out / 'patches.jsonl'}: already exists; choose another folder or overwrite")
-    slides = find_slides(paths)
+    out = Path(os.path.abspath(out))
+    _check_out(out, overwrite)
+    slides = find_slides(paths, skip=out)
     if not slides:
         raise UserError(
             f"{', '.join(map(str, paths))}: no slide files found (extensions {' '.join(sorted(SLIDE_SUFFIXES))})"
         )
+    _remove_stale_staging(out)
     staging = out.parent / f".{out.name}.partial-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    try:
-
-        def tile(reader: SlideReader, tissue: TissueMask) -> list[dict]:
-            return tile_slide(reader, patch_size, target_mpp, tissue_threshold, max_per_slide, overlap, seed, tissue)
-
-        rows, summary = _tile_all(slides, staging, tile, fallback_mpp, strict, progress)
-        summary["seconds"] = round(time.perf_counter() - start, 3)
-        if not rows:
-            first = summary["skipped"][0]["reason"]
-            raise UserError(f"{out}: no patches from any of {len(slides)} slides (first problem: {first})")
-        (out / "masks").mkdir(parents=True, exist_ok=True)
-        for overlay in staging.iterdir():
-            overlay.replace(out / "masks" / overlay.name)
-        PatchTable.from_rows(rows, patch_size).save(out / "patches.jsonl")
-        tmp = out / "summary.json.tmp"
-        tmp.write_text(json.dumps(summary, indent=2))
-        tmp.replace(out / "summary.json")
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    with _signals_raise():
+        try:
+            staging.mkdir()
+            rows, summary = _tile_all(slides, staging, options, workers, strict, progress)
+            if not rows:
+                first = summary["skipped"][0]["reason"]
+                raise UserError(f"{out}: no patches from any of {len(slides)} slides (first problem: {first})")
+            summary = {"sassl_version": sassl_core.__version__, "parameters": _parameters(options, workers), **summary}
+            summary["seconds"] = round(time.perf_counter() - start, 3)
+            PatchTable.from_rows(rows, options.patch_size).save(staging / "patches.csv")
+            atomic_write_text(staging / "summary.json", json.dumps(summary, indent=2))
+            _move_into(staging, out)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
     return summary
+
+
+def _parameters(options: TileOptions, workers: int) -> dict:
+    params = {k: v for k, v in asdict(options).items() if k != "fallback_flag"}
+    return {**params, "workers": workers}
+
+
+def _check_out(out: Path, overwrite: bool) -> None:
+    """One-line errors for an output folder that is a file, lies under a file, cannot be created
+    or already holds a tiling (without ``overwrite``)."""
+    for parent in [out, *out.parents]:
+        if parent.exists() and not parent.is_dir():
+            where = "is a file" if parent == out else f"lies under the file {parent}"
+            raise UserError(f"{out}: expected a folder for the output, found one that {where}")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"{out}: the output folder cannot be created ({err.strerror})") from None
+    if not os.access(out.parent, os.W_OK | os.X_OK) or (out.exists() and not os.access(out, os.W_OK | os.X_OK)):
+        raise UserError(f"{out}: the output folder cannot be created (permission denied)")
+    if (out / "summary.json").exists() and not overwrite:
+        raise UserError(f"{out}: already holds a tiling (summary.json); choose another folder or overwrite")
+
+
+def _remove_stale_staging(out: Path) -> None:
+    """Delete staging folders of ``out`` left by runs whose process is gone (SIGKILL, power loss)."""
+    for stale in out.parent.glob(f".{out.name}.partial-*"):
+        pid = stale.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(stale, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
+
+
+class _signals_raise:
+    """Context in which SIGTERM and SIGINT raise :class:`TilingInterrupted` (main thread only),
+    so ``finally`` blocks remove the staging folder."""
+
+    def __enter__(self) -> None:
+        self.previous = {}
+        if threading.current_thread() is threading.main_thread():
+            self.previous = {s: signal.signal(s, self._raise) for s in (signal.SIGTERM, signal.SIGINT)}
+
+    @staticmethod
+    def _raise(signum, frame) -> None:
+        signal.signal(signum, signal.SIG_IGN)  # a second signal must not cut the clean-up short
+        raise TilingInterrupted(signum)
+
+    def __exit__(self, *exc) -> None:
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
+
+
+def _move_into(staging: Path, out: Path) -> None:
+    """Move the staged outputs into ``out``, replacing a previous tiling's files there."""
+    if not out.exists():
+        staging.rename(out)
+        return
+    for name in ("masks", "tiles", "patches.jsonl"):  # a previous tiling's own outputs
+        old = out / name
+        if old.is_dir() and not old.is_symlink():
+            shutil.rmtree(old)
+        elif old.exists() or old.is_symlink():
+            old.unlink()
+    for item in staging.iterdir():
+        os.replace(item, out / item.name)
 
 
 def _tile_all(
     slides: list[Path],
-    overlays: Path,
-    tile: Callable[[SlideReader, TissueMask], list[dict]],
-    fallback_mpp: float | None,
+    staging: Path,
+    options: TileOptions,
+    workers: int,
     strict: bool,
     progress: Callable[[int, int, str], None] | None,
 ) -> tuple[list[dict], dict]:
-    """Patch rows of every slide (``tile(reader, tissue)``), tissue overlays written to
-    ``overlays``, and the summary without its timing."""
+    """Patch rows of every slide, in slide order, and the summary counts."""
     rows: list[dict] = []
     per_slide: dict[str, int] = {}
     skipped: list[dict] = []
-    for done, path in enumerate(slides, 1):
-        try:
-            if path.stem in per_slide:
-                raise UserError(f"{path}: another slide is already named {path.stem!r} (stems identify slides)")
-            with open_slide(path, fallback_mpp) as reader:
-                tissue = detect_tissue(reader)
-                if tissue.thumbnail is not None:  # always: detect_tissue keeps the thumbnail it read
-                    save_overlay(tissue.thumbnail, tissue.mask, overlays / f"{path.stem}_tissue.png")
-                kept = tile(reader, tissue)
-        except UserError as err:
-            if strict:
+    stems: set[str] = set()
+    duplicate = []
+    for path in slides:
+        duplicate.append(path.stem in stems)
+        stems.add(path.stem)
+    jobs = [path for path, dup in zip(slides, duplicate, strict=True) if not dup]
+    results = _results(jobs, staging, options, workers)
+    try:
+        for done, (path, dup) in enumerate(zip(slides, duplicate, strict=True), 1):
+            kept: list[dict]
+            reason: str | None
+            if dup:
+                kept, reason = [], f"{path}: another slide is already named {path.stem!r} (stems identify slides)"
+            else:
+                kept, reason = next(results)
+            if reason is not None:
+                if strict:
+                    raise UserError(reason)
+                skipped.append({"file": str(path), "reason": reason})
+            else:
+                rows += kept
+                per_slide[path.stem] = len(kept)
+            if progress is not None:
+                progress(done, len(slides), str(path))
+    finally:
+        results.close()
+    summary = {"slides": len(per_slide), "patches": len(rows), "patches_per_slide": per_slide, "skipped": skipped}
+    return rows, summary
+
+
+def _results(
+    jobs: list[Path], staging: Path, options: TileOptions, workers: int
+) -> Generator[tuple[list[dict], str | None], None, None]:
+    """``tile_one_slide`` of each job, in order: in this process, or in ``workers`` worker
+    processes (closing the iterator cancels what has not started and waits for the rest)."""
+    if workers <= 1 or len(jobs) <= 1:
+        for path in jobs:
+            yield tile_one_slide(path, staging, options)
+        return
+    pool = ProcessPoolExecutor(min(workers, len(jobs)), mp_context=_start_method(), initializer=_worker_signals)
+    try:
+        futures = [pool.submit(tile_one_slide, path, staging, options) for path in jobs]
+        for future in futures:
+            yield future.result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _start_method() -> multiprocessing.context.BaseContext:
+    """'fork' (workers start at once, nothing re-imported) when this process runs no other thread
+    and has not loaded torch, whose OpenMP thread pool does not survive a fork; else 'spawn'
+    (a fresh interpreter per worker: slower to start, safe whatever runs here)."""
+    single = threading.active_count() == 1 and "torch" not in sys.modules
+    return multiprocessing.get_context("fork" if single and hasattr(os, "fork") else "spawn")
+
+
+def _worker_signals() -> None:
+    """Workers leave Ctrl-C to the main process (which stops them and removes the staging
+    folder) and take SIGTERM's default action, not the handler a fork inherits."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def tile_one_slide(path: Path, staging: Path, options: TileOptions) -> tuple[list[dict], str | None]:
+    """Tile one slide, writing its masks (and tiles) under ``staging``: ``(rows, None)``, or
+    ``([], reason)`` when it is unusable. Runs in a worker process."""
+    path = Path(os.path.abspath(path))
+    stem = path.stem
+    try:
+        with open_slide(path, options.fallback_mpp, fallback_flag=options.fallback_flag) as reader:
+            tissue = detect_tissue(reader)
+            thumb = tissue.thumbnail
+            assert thumb is not None  # detect_tissue keeps the view it read
+            save_mask(tissue.mask, staging / "masks" / f"{stem}_mask.png")
+            try:
+                kept = tile_slide(
+                    reader,
+                    options.patch_size,
+                    options.target_mpp,
+                    options.tissue_threshold,
+                    options.max_per_slide,
+                    options.overlap,
+                    options.seed,
+                    tissue,
+                )
+            except UserError:  # the overlay of a slide without tissue shows why
+                save_overlay(thumb, tissue.mask, staging / "masks" / f"{stem}_tiles.png")
                 raise
-            skipped.append({"file": str(path), "reason": str(err)})
-        else:
-            rows += [{**row, "source": path.stem, "slide_id": path.stem, "split": "train"} for row in kept]
-            per_slide[path.stem] = len(kept)
-        if progress is not None:
-            progress(done, len(slides), str(path))
-    return rows, {"slides": len(per_slide), "patches_per_slide": per_slide, "skipped": skipped}
+            overlay = staging / "masks" / f"{stem}_tiles.png"
+            save_overlay(thumb, tissue.mask, overlay, boxes=_boxes(reader, tissue, kept))
+            if options.save_tiles:
+                _save_tiles(kept, options.patch_size, staging / "tiles" / stem)
+    except UserError as err:
+        return [], str(err)
+    return [{**row, "source": stem, "slide_id": stem, "split": "train"} for row in kept], None
+
+
+def _boxes(reader: SlideReader, tissue: TissueMask, rows: list[dict]) -> np.ndarray:
+    """``(n, 4)`` outlines ``x0, y0, x1, y1`` of ``rows``' patches in thumbnail pixels."""
+    boxes = np.array(
+        [[r["x"], r["y"], r["read_size"] * reader.level_downsamples[r["level"]]] for r in rows], np.float64
+    ).reshape(-1, 3)
+    corners = np.stack([boxes[:, 0], boxes[:, 1], boxes[:, 0] + boxes[:, 2], boxes[:, 1] + boxes[:, 2]], axis=1)
+    return corners / tissue.downsample
+
+
+def _save_tiles(rows: list[dict], patch_size: int, folder: Path) -> None:
+    """Each patch of ``rows`` as ``folder/<x>_<y>.png`` (``patch_size`` pixels a side)."""
+    from sassl_core.wsi.cache import read_patch  # cache builds on this module
+
+    for row in rows:
+        image = Image.fromarray(read_patch(row, patch_size))
+        atomic_write(folder / f"{row['x']}_{row['y']}.png", partial(image.save, format="PNG", compress_level=1))

@@ -48,7 +48,7 @@ def test_thumbnail_keeps_aspect(blob_slide):
 
 
 def test_no_resolution_is_an_error_unless_fallback(no_mpp_slide):
-    with pytest.raises(UserError, match=r"nompp\.tiff: no resolution .*--mpp"):
+    with pytest.raises(UserError, match=r"nompp\.tiff: no resolution .*; pass --fallback-mpp$"):
         open_slide(no_mpp_slide)
     reader = open_slide(no_mpp_slide, fallback_mpp=0.5)
     assert reader.mpp == 0.5 and reader.mpp_source == "fallback"
@@ -157,3 +157,89 @@ def test_thumbnail_of_a_slide_without_pyramid_is_built_from_bounded_reads(blob_s
     assert blocks.shape == whole.shape == (96, 128, 3)
     assert len(sizes) == 4 * 3 and set(sizes) == {300}  # 1024 x 768 in 300-pixel squares
     assert np.abs(blocks.astype(int) - whole).mean() < 3
+
+
+def test_an_unreadable_file_is_permission_denied_not_corrupt(tmp_path, cmu_slide, monkeypatch):
+    import builtins
+
+    import sassl_core.wsi.reader as reader_module
+
+    locked = tmp_path / "locked.svs"
+    locked.write_bytes(cmu_slide.read_bytes())
+    real_open = builtins.open
+
+    def refusing_open(path, *args, **kwargs):  # what a file of another user without read access gives
+        if Path(path) == locked:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(reader_module, "open", refusing_open, raising=False)
+    with pytest.raises(UserError, match=r"locked.svs: permission denied"):
+        open_slide(locked)
+
+
+def test_an_unreadable_file_by_mode_bits_is_permission_denied(tmp_path, blob_slide):
+    import os
+
+    if os.geteuid() == 0:
+        pytest.skip("root reads every file whatever its mode")
+    locked = tmp_path / "locked.tiff"
+    locked.write_bytes(blob_slide.path.read_bytes())
+    locked.chmod(0)
+    with pytest.raises(UserError, match=r"locked.tiff: permission denied"):
+        open_slide(locked)
+
+
+def tiff_declaring(path: Path, width: int, height: int) -> Path:
+    """A few-hundred-byte deflate TIFF whose header declares ``width`` x ``height`` RGB pixels."""
+    import struct
+
+    tifffile.imwrite(path, np.zeros((16, 16, 3), np.uint8), photometric="rgb", compression="zlib")
+    with tifffile.TiffFile(path) as tif:
+        tags = tif.pages[0].tags
+        offsets = {name: (tags[name].valueoffset, tags[name].dtype) for name in ("ImageWidth", "ImageLength")}
+    data = bytearray(path.read_bytes())
+    for name, value in (("ImageWidth", width), ("ImageLength", height)):
+        offset, dtype = offsets[name]
+        struct.pack_into("<H" if dtype == 3 else "<I", data, offset, value)
+    path.write_bytes(bytes(data))
+    return path
+
+
+def test_a_plain_image_declaring_too_many_pixels_is_refused_before_decoding(tmp_path, monkeypatch):
+    bomb = tiff_declaring(tmp_path / "bomb.tif", 20000, 20000)
+    assert bomb.stat().st_size < 2000
+    with tifffile.TiffFile(bomb) as tif:
+        assert tif.pages[0].shape[:2] == (20000, 20000)  # what a decoder would allocate: 1.2 GB
+    with pytest.raises(UserError, match=r"bomb.tif: image declares 20000x20000 = 400000000 pixels, more than"):
+        open_slide(bomb, fallback_mpp=0.5)
+    Image.fromarray(np.zeros((60, 50, 3), np.uint8)).save(tmp_path / "wide.png")
+    monkeypatch.setenv("SASSL_MAX_IMAGE_PIXELS", "2999")
+    with pytest.raises(UserError, match=r"wide.png: image declares 50x60 = 3000 pixels, more than the limit 2999"):
+        open_slide(tmp_path / "wide.png", fallback_mpp=0.5)
+    monkeypatch.setenv("SASSL_MAX_IMAGE_PIXELS", "3000")  # raised: the image is read
+    assert open_slide(tmp_path / "wide.png", fallback_mpp=0.5).dimensions == (50, 60)
+    monkeypatch.setenv("SASSL_MAX_IMAGE_PIXELS", "lots")
+    with pytest.raises(UserError, match=r"SASSL_MAX_IMAGE_PIXELS: expected a positive whole number .*'lots'"):
+        open_slide(tmp_path / "wide.png", fallback_mpp=0.5)
+
+
+def test_overview_of_an_svs_is_its_stored_thumbnail(cmu_slide, monkeypatch):
+    """No pyramid level is decoded: on this single-level slide that would be the whole scan."""
+    from sassl_core.wsi.reader import OpenSlideReader
+
+    def decode_level(*args):
+        raise LookupError("decoded a level")
+
+    with open_slide(cmu_slide) as reader:
+        monkeypatch.setattr(OpenSlideReader, "thumbnail", decode_level)
+        view = reader.overview(1024)
+        assert view.shape == (768, 574, 3)
+        assert reader.overview(1536).shape == (768, 574, 3)  # within 2x of the size asked for
+        with pytest.raises(LookupError, match="decoded a level"):
+            reader.overview(2048)  # too coarse for this request: read from the pyramid
+
+
+def test_overview_without_a_stored_thumbnail_is_the_thumbnail(blob_slide):
+    with open_slide(blob_slide.path) as reader:
+        assert np.array_equal(reader.overview(256), reader.thumbnail(256))

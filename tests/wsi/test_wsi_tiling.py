@@ -6,7 +6,7 @@ import pytest
 from sassl_core.errors import UserError
 from sassl_core.wsi.patches import PatchTable
 from sassl_core.wsi.reader import open_slide
-from sassl_core.wsi.tiling import choose_level, tile_slide, tile_to_folder
+from sassl_core.wsi.tiling import TileOptions, choose_level, tile_slide, tile_to_folder
 
 
 def test_choose_level_prefers_least_resampling(blob_slide):
@@ -61,31 +61,35 @@ def test_image_smaller_than_patch_and_no_tissue(tmp_path, blob_slide):
             tile_slide(reader, 32, tissue_threshold=1.01)
 
 
-def test_tile_to_folder_writes_index_overlays_summary(tmp_path, blob_slide, no_mpp_slide):
+def test_tile_to_folder_writes_index_masks_summary(tmp_path, blob_slide, no_mpp_slide):
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / "blob.tiff").symlink_to(blob_slide.path)
     (tmp_path / "in" / "bad.svs").write_bytes(b"not a slide")
     calls = []
     out = tmp_path / "out"
-    summary = tile_to_folder(
-        [tmp_path / "in", no_mpp_slide], out, patch_size=32, max_per_slide=10, progress=lambda *a: calls.append(a)
-    )
-    assert summary["slides"] == 1 and summary["patches_per_slide"] == {"blob": 10}
+    options = TileOptions(patch_size=32, max_per_slide=10)
+    summary = tile_to_folder([tmp_path / "in", no_mpp_slide], out, options, progress=lambda *a: calls.append(a))
+    assert summary["slides"] == 1 and summary["patches_per_slide"] == {"blob": 10} and summary["patches"] == 10
+    assert summary["parameters"]["patch_size"] == 32 and summary["parameters"]["max_per_slide"] == 10
     reasons = {s["file"].split("/")[-1]: s["reason"] for s in summary["skipped"]}
-    assert set(reasons) == {"bad.svs", "nompp.tiff"} and "--mpp" in reasons["nompp.tiff"]
+    assert set(reasons) == {"bad.svs", "nompp.tiff"} and "pass --fallback-mpp" in reasons["nompp.tiff"]
     assert [c[:2] for c in calls] == [(1, 3), (2, 3), (3, 3)]
-    table = PatchTable.load(out / "patches.jsonl")
+    table = PatchTable.load(out / "patches.csv")
     assert len(table) == 10 and table.patch_size == 32
+    assert set(table["slide"]) == {str(tmp_path / "in" / "blob.tiff")}  # absolute, as given
     assert set(table["source"]) == {"blob"} and set(table["split"]) == {"train"}
-    assert (out / "masks" / "blob_tissue.png").is_file()
+    assert sorted(p.name for p in (out / "masks").iterdir()) == ["blob_mask.png", "blob_tiles.png"]
     assert json.loads((out / "summary.json").read_text()) == summary
-    assert not list(out.glob("*.tmp"))
-    with pytest.raises(UserError, match="patches.jsonl: already exists"):
-        tile_to_folder([blob_slide.path], out, patch_size=32)
-    again = tile_to_folder([blob_slide.path, no_mpp_slide], out, patch_size=32, fallback_mpp=0.25, overwrite=True)
+    assert [p.name for p in tmp_path.rglob(".*")] == []  # no temporaries, no staging
+    with pytest.raises(UserError, match="out: already holds a tiling"):
+        tile_to_folder([blob_slide.path], out, options)
+    again = tile_to_folder(
+        [blob_slide.path, no_mpp_slide], out, TileOptions(patch_size=32, fallback_mpp=0.25), overwrite=True
+    )
     assert again["slides"] == 2 and not again["skipped"]
+    assert {p.name for p in (out / "masks").iterdir()} >= {"blob_mask.png", "nompp_tiles.png"}
     with pytest.raises(UserError, match="bad.svs"):
-        tile_to_folder([tmp_path / "in"], tmp_path / "strict", patch_size=32, strict=True)
+        tile_to_folder([tmp_path / "in"], tmp_path / "strict", options, strict=True)
 
 
 def test_real_svs_keeps_tissue_drops_background(cmu_slide):
