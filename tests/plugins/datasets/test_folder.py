@@ -147,7 +147,10 @@ def test_pretrain_and_probe_work_finetuning_is_refused(slides_root, tmp_path):
 
 
 @pytest.mark.slow
-def test_pretrain_on_copies_of_a_real_slide_in_two_centres(tmp_path):
+def test_a_labs_real_slides_pretrain_finetune_and_map_from_elsewhere(tmp_path, monkeypatch):
+    """The lab's path end to end on three copies of a real Aperio slide in two centre folders:
+    ``folder`` pretraining, ``table`` fine-tuning from that encoder, then a heatmap of a slide in
+    another folder, run from a third working directory with the slide folder gone."""
     slide = shared_data_dir() / "cmu_small_region.svs"
     if not slide.is_file():
         pytest.skip("shared slide cmu_small_region.svs not present")
@@ -155,11 +158,33 @@ def test_pretrain_on_copies_of_a_real_slide_in_two_centres(tmp_path):
     for name in ("centreA/a.svs", "centreA/b.svs", "centreB/c.svs"):
         (root / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(slide, root / name)
-    out = tmp_path / "run"
+    pre, run = tmp_path / "pre", tmp_path / "run"
+    small = [*TINY_ANY_DATASET, "--set", "data.max_per_slide=8"]
     sassl(
-        "pretrain", "--dataset", "folder", "--data-root", root, "--ssl", "simsiam", "--steps", 2, "--out", out,
-        *TINY_ANY_DATASET, "--set", "data.options={source: subfolder}",
+        "pretrain", "--dataset", "folder", "--data-root", root, "--ssl", "simsiam", "--steps", 2, "--out", pre,
+        *small, "--set", "data.options={source: subfolder}",
     )  # fmt: skip
-    assert (out / "encoder.safetensors").is_file()
-    assert "dataset: folder" in (out / "config.yaml").read_text()
-    assert not (out / "skipped_slides.json").exists()  # every copy was read
+    assert (pre / "encoder.safetensors").is_file()
+    assert "dataset: folder" in (pre / "config.yaml").read_text()
+    assert not (pre / "skipped_slides.json").exists()  # every copy was read
+
+    table = root / "labels.csv"
+    table.write_text("slide,label,source\ncentreA/a.svs,benign,A\ncentreA/b.svs,tumour,A\ncentreB/c.svs,tumour,B\n")
+    sassl(
+        "finetune", "--dataset", "table", "--data-root", table, "--task", "cls", "--pretrained", pre,
+        "--finetune-steps", 2, "--out", run, *small,
+        "--set", "data.options={test_fraction: 0.34, val_fraction: 0.0}", "--set", "finetune.val_fraction=0",
+    )  # fmt: skip
+    elsewhere = tmp_path / "scans" / "new.svs"
+    elsewhere.parent.mkdir()
+    shutil.copyfile(slide, elsewhere)
+    shutil.rmtree(root)
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    printed = sassl("heatmap", "--checkpoint", run, "--slide", elsewhere, "--class", "tumour", "--cam-patches", 1)
+    paths = [Path(p) for p in printed.out.split()]
+    assert {p.name for p in paths} >= {"new_heatmap.png", "new_heatmap.npy", "new_tiles.geojson"}
+    grid = np.load(next(p for p in paths if p.suffix == ".npy"))
+    assert np.isfinite(grid).sum() > 0
+    assert not list(cwd.iterdir())  # nothing written where the command ran
