@@ -29,8 +29,9 @@ def validation_split(
 ) -> tuple[PatchTable, PatchTable]:
     """``(train, val)`` from the labelled patches: the ``val`` split when there is a ``test``
     split too, else a seeded ``fraction`` of the training slides (of the training patches when there is one
-    slide), at least one and never all; ``val`` is empty with ``fraction`` 0 or when fewer than
-    ``min_train`` training patches (a batch) would be left.
+    slide), at least one and never all; ``val`` is empty with ``fraction`` 0 (validation off, even
+    beside a dataset's own ``val`` split) or when fewer than ``min_train`` training patches (a
+    batch) would be left.
 
     >>> from sassl_core.wsi.patches import PatchTable
     >>> t = PatchTable.from_rows([{"slide": "s", "slide_id": f"s{i % 5}", "x": i, "y": 0, "level": 0,
@@ -40,9 +41,11 @@ def validation_split(
     (16, 4, 0)
     """
     split = labelled["split"].astype(str)
-    if (split == "val").any() and (split == "test").any():
-        return labelled.select(split == "train"), labelled.select(split == "val")
     train = labelled.select(split == "train")
+    if fraction <= 0:  # validation off: the last step's weights are evaluated
+        return train, train.select(np.zeros(len(train), dtype=bool))
+    if (split == "val").any() and (split == "test").any():
+        return train, labelled.select(split == "val")
     groups = train["slide_id"].astype(str)
     if len(set(groups)) < 2:  # one slide: hold out patches
         groups = np.arange(len(train)).astype(str)

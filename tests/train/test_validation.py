@@ -36,6 +36,8 @@ def test_dataset_val_split_used_only_beside_a_test_split():
     train, val = validation_split(no_test, 0.2, 0)
     assert "s5" not in set(val["slide_id"]) | set(train["slide_id"])
     assert len(set(val["slide_id"])) == 1 and len(train) == 8
+    train, val = validation_split(with_test, 0.0, 0)  # validation off, even beside the dataset's 'val'
+    assert len(val) == 0 and set(train["slide_id"]) == {"s0", "s1", "s2", "s3"}
 
 
 def test_carved_by_slide_seeded_and_never_everything():
