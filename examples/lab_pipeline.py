@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> None:
         {
             "data": {"dataset": "synthetic", "image_size": 64, "max_per_slide": 16},
             "backbone": {"name": "resnet18"},
-            "task": {"name": "cls", "residual": False},
+            "task": {"name": "cls", "residual": False, "options": {"ordinal": True}},  # graded labels
             "finetune": {"steps": args.steps, "batch_size": 8, "pretrained": result.run_dir},
             "trainer": {"device": "cpu", "amp": False},
             "output": {"dir": args.out / "sassl_without_rl", "overwrite": True, "quiet": True},

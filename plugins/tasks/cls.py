@@ -1,4 +1,8 @@
-"""Classification head: pooled fused features -> MLP -> softmax (paper §3.3; PANDA ISUP, TCGA)."""
+"""Classification head: pooled fused features -> MLP -> softmax (paper §3.3; PANDA ISUP, TCGA).
+
+The headline metric is the balanced accuracy; graded labels (PANDA ISUP, the synthetic and
+restained grades of the benchmark) add QWK as the headline with ``--set task.options.ordinal=true``.
+"""
 
 from __future__ import annotations
 
@@ -19,9 +23,9 @@ from sassl_plugins.tasks.mlp_head import MLPOptions, PooledMLPHead
 
 class ClassificationOptions(MLPOptions):
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
-    # ordered classes (grades: PANDA ISUP, the synthetic grades) add QWK, the headline metric;
-    # false for unordered ones (TCGA tumour types), whose headline is the balanced accuracy
-    ordinal: bool = True
+    # true for ordered classes (grades: PANDA ISUP, the synthetic grades): adds QWK, the headline
+    # metric; unordered ones (TCGA tumour types, benign/malignant) keep the balanced accuracy
+    ordinal: bool = False
 
 
 class ClassificationHead(PooledMLPHead):

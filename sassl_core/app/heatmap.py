@@ -5,8 +5,9 @@
   the class score's gradient, the map is ``relu(Σ_c w_c A_c)`` upsampled and scaled to [0, 1].
 * :func:`save_cam_panel` — a patch at a readable size beside its map blended over it, as a PNG.
 * :func:`score_slide` / :func:`write_slide_heatmap` — per-patch predictions over a slide's tissue:
-  the figure (thumbnail, heat, tissue outline, colorbar), the raw patch grid (``.npy``) and the
-  patches as a GeoJSON FeatureCollection that QuPath imports (level-0 pixel coordinates).
+  the figure (thumbnail, heat, tissue outline, colorbar), the raw patch grid (``.npy``) and a
+  GeoJSON FeatureCollection that QuPath imports (level-0 pixel coordinates): the tissue outline
+  as a "Tissue" annotation, then the patches as tiles.
 """
 
 from __future__ import annotations
@@ -23,7 +24,9 @@ import torch
 import torch.nn.functional as F
 from matplotlib import colormaps
 from matplotlib.figure import Figure
+from matplotlib.path import Path as RingPath
 from PIL import Image
+from skimage import measure
 from torch import nn
 
 from sassl_core.app.report import save_png
@@ -213,11 +216,57 @@ def _finite(value: float) -> float | None:
     return float(value) if np.isfinite(value) else None
 
 
+def _signed_area(ring: np.ndarray) -> float:
+    """Shoelace area of a closed ``(N, 2)`` ring; positive around tissue in image coordinates."""
+    x, y = ring[:, 0], ring[:, 1]
+    return 0.5 * float(np.sum(x[:-1] * y[1:] - x[1:] * y[:-1]))
+
+
+def tissue_polygons(slide: SlideScores, tolerance: float = 1.0) -> list[list[np.ndarray]]:
+    """The tissue mask's outline as polygons (an outer ring, then its holes) in level-0 pixels,
+    within the slide: marching-squares contours of the mask, each simplified (Douglas–Peucker,
+    ``tolerance`` mask pixels)."""
+    bounds = np.asarray(slide.dimensions[:2], np.float64)
+    outers: list[list[np.ndarray]] = []
+    holes = []
+    for contour in measure.find_contours(np.pad(slide.tissue.astype(np.float32), 1), 0.5):
+        simplified = measure.approximate_polygon(contour, tolerance)
+        if len(simplified) < 4:  # fewer than 3 distinct vertices
+            continue
+        # padded (row, col) index -> mask pixel edges (index - 1 + 0.5) -> level-0 (x, y)
+        ring = np.clip((simplified[:, ::-1] - 0.5) / slide.scale, 0, bounds)
+        area = _signed_area(ring)
+        if area > 0:
+            outers.append([ring])
+        elif area < 0:
+            holes.append(ring)
+    for hole in holes:  # into the smallest outer ring around it
+        around = [p for p in outers if RingPath(p[0]).contains_point(hole.mean(axis=0))]
+        if around:
+            min(around, key=lambda p: _signed_area(p[0])).append(hole)
+    return outers
+
+
+def tissue_annotation(slide: SlideScores) -> dict | None:
+    """The tissue outline as a QuPath annotation classified "Tissue" (None without tissue)."""
+    polygons = tissue_polygons(slide)
+    if not polygons:
+        return None
+    coordinates = [[ring.round(2).tolist() for ring in polygon] for polygon in polygons]
+    return {
+        "type": "Feature",
+        "geometry": {"type": "MultiPolygon", "coordinates": coordinates},
+        "properties": {"objectType": "annotation", "name": "Tissue", "classification": {"name": "Tissue"}},
+    }
+
+
 def tiles_geojson(slide: SlideScores) -> dict:
-    """The scored patches as a GeoJSON FeatureCollection of QuPath tiles: level-0 square polygons
-    with the scores as ``measurements`` and, for a classifier, the predicted class."""
+    """A GeoJSON FeatureCollection for QuPath: the tissue outline (:func:`tissue_annotation`),
+    then the scored patches as tiles: level-0 square polygons with the scores as
+    ``measurements`` and, for a classifier, the predicted class."""
     scores, side = slide.scores, slide.size0
-    features = []
+    outline = tissue_annotation(slide)
+    features = [outline] if outline is not None else []
     for i, row in enumerate(slide.rows):
         x0, y0 = float(row["x"]), float(row["y"])
         ring = [[x0, y0], [x0 + side, y0], [x0 + side, y0 + side], [x0, y0 + side], [x0, y0]]

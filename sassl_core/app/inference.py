@@ -14,7 +14,12 @@ from sassl_core.interfaces import PreparedData
 from sassl_core.plugins import PluginSet
 from sassl_core.train.checkpoint import load_checkpoint
 from sassl_core.train.finetune import DownstreamModel, build_downstream
-from sassl_core.train.inference_meta import FINETUNED, InferenceRecord, read_inference_record, restore_stain
+from sassl_core.train.inference_meta import (
+    InferenceRecord,
+    finetuned_checkpoint,
+    read_inference_record,
+    restore_stain,
+)
 from sassl_core.train.inputs import ModelInput, stain_function
 from sassl_core.wsi.patches import PatchTable
 
@@ -53,7 +58,7 @@ def load_model_state(model: nn.Module, path: Path, what: str) -> None:
 
 def load_inference_model(run_dir: Path, plugins: PluginSet) -> tuple[DownstreamModel, InferenceRecord]:
     """The fine-tuned model of ``run_dir`` (on the CPU, in eval mode) and its record, built from
-    ``inference.json`` and the checkpoint alone."""
+    ``inference.json`` and the checkpoint alone (the best on validation, else the last)."""
     run_dir = Path(run_dir)
     record = read_inference_record(run_dir)
     task = record.task
@@ -68,5 +73,5 @@ def load_inference_model(run_dir: Path, plugins: PluginSet) -> tuple[DownstreamM
     model = build_downstream(cfg, plugins, prepared, None)
     stain = record.inputs.stain_norm
     model.inputs = ModelInput(cfg.inputs, stain_function(restore_stain(stain, plugins)) if stain else None)
-    load_model_state(model, run_dir / FINETUNED, f"backbone '{cfg.backbone.name}' / task '{task.name}'")
+    load_model_state(model, finetuned_checkpoint(run_dir), f"backbone '{cfg.backbone.name}' / task '{task.name}'")
     return model.eval(), record

@@ -5,7 +5,9 @@ stage holds its run folder, the log is appended to ``run.log`` (a header first: 
 command line, sassl, torch and timm versions, python, the git revision of sassl's source when it is a
 checkout, the device), and every later line follows it there. The log is opened for appending
 only, never through a link. Progress-bar redraws (lines ending in a carriage return) stay on
-the terminal.
+the terminal. The command line keeps its own lines too (plugin warnings before the stage, the
+closing ``done:`` or metrics line after it) by opening the log around the whole command: the
+stage then shares that log instead of opening its own.
 """
 
 from __future__ import annotations
@@ -114,7 +116,11 @@ class RunLog:
 @contextmanager
 def console_log() -> Iterator[RunLog]:
     """Keep what is printed to stdout and stderr inside the ``with`` block (the exception that
-    ends it too, as the CLI prints it: ``error: ...``)."""
+    ends it too, as the CLI prints it: ``error: ...``). Inside another such block, that block's
+    log, which goes on keeping what is printed until that block ends."""
+    if isinstance(sys.stdout, _Tee):
+        yield sys.stdout.log
+        return
     log = RunLog()
     out, err = sys.stdout, sys.stderr
     sys.stdout, sys.stderr = _Tee(out, log), _Tee(err, log)

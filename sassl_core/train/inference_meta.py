@@ -32,8 +32,16 @@ from sassl_core.plugins import PluginSet
 from sassl_core.train.backbone import pooled_dim
 from sassl_core.train.inputs import fit_stain_transform
 from sassl_core.train.rundir import CHECKPOINTS, ENCODER_FILE, INFERENCE_FILE
+from sassl_core.train.validation import BEST_FILE
 
-FINETUNED = f"{CHECKPOINTS}/finetune_last.pt"
+FINETUNED = f"{CHECKPOINTS}/finetune_last.pt"  # the last fine-tuning step's weights (and state)
+
+
+def finetuned_checkpoint(run_dir: Path) -> Path:
+    """The fine-tuned weights that describe the run: the best on validation
+    (:mod:`sassl_core.train.validation`) if kept, else the last step's."""
+    best = Path(run_dir) / CHECKPOINTS / BEST_FILE
+    return best if best.is_file() else Path(run_dir) / FINETUNED
 
 
 class Record(BaseModel):
@@ -177,7 +185,7 @@ def describe_run(
         ),
         paths=PathsRecord(
             run_dir=str(run_dir),
-            checkpoint=str(run_dir / FINETUNED) if task is not None else None,
+            checkpoint=str(finetuned_checkpoint(run_dir)) if task is not None else None,
             encoder=str(encoder) if task is None or encoder.is_file() else None,
             pretrained=str(Path(pretrained).resolve()) if pretrained is not None else None,
         ),

@@ -15,10 +15,12 @@ from sassl_core.app.api import heatmap
 from sassl_core.app.heatmap import (
     CAM_SIDE,
     PatchScores,
+    SlideScores,
     grad_cam,
     resolve_class,
     save_cam_panel,
     score_slide,
+    tissue_polygons,
     write_slide_heatmap,
 )
 from sassl_core.app.inference import load_inference_model
@@ -29,7 +31,8 @@ from sassl_core.method.transfer import build_dual_encoder
 from sassl_core.plugins import default_plugins
 from sassl_core.train.checkpoint import save_checkpoint
 from sassl_core.train.finetune import build_downstream
-from sassl_core.train.inference_meta import FINETUNED, describe_run, write_inference_record
+from sassl_core.train.inference_meta import FINETUNED, describe_run, finetuned_checkpoint, write_inference_record
+from sassl_core.train.validation import BEST_FILE
 from sassl_core.wsi.patches import PatchTable
 from sassl_plugins.tasks import cls
 from tests.fixtures.cli_runs import assert_user_error, cli
@@ -97,6 +100,35 @@ def _green(patches: np.ndarray) -> PatchScores:
     return PatchScores(value, {"P(pale)": value, "P(dark)": 1 - value}, ["pale" if v > 0.5 else "dark" for v in value])
 
 
+def _outline_and_tiles(collection: dict) -> tuple[dict, list[dict]]:
+    """The tissue annotation (first) and the tiles of a heatmap's GeoJSON."""
+    tissue, *tiles = collection["features"]
+    props = tissue["properties"]
+    assert props["objectType"] == "annotation" and props["classification"]["name"] == "Tissue"
+    assert tissue["geometry"]["type"] == "MultiPolygon" and tissue["geometry"]["coordinates"]
+    assert all(t["properties"]["objectType"] == "tile" for t in tiles)
+    return tissue, tiles
+
+
+def _vertices(tissue: dict) -> np.ndarray:
+    return np.array([xy for polygon in tissue["geometry"]["coordinates"] for ring in polygon for xy in ring])
+
+
+def test_tissue_outline_keeps_holes_and_stays_within_the_slide():
+    mask = np.zeros((40, 60), bool)
+    mask[5:35, 5:60] = True  # up to the mask's right border, past the slide's (470 px)
+    mask[15:25, 20:30] = False  # a hole
+    mask[2:4, 1:3] = True  # a speck of its own
+    slide = SlideScores([], PatchScores(np.zeros(0)), 16.0, (470, 320), np.zeros((40, 60, 3), np.uint8), mask, 0.125)
+    polygons = sorted(tissue_polygons(slide), key=len)
+    assert [len(p) for p in polygons] == [1, 2]  # the speck; the block with its hole
+    block, hole = polygons[1]
+    assert block[:, 0].min() == 40 and block[:, 0].max() == 470  # mask pixel edges x 8; clipped to the slide
+    near = lambda value: pytest.approx(value, abs=4)  # within half a mask pixel (corners are cut)
+    assert hole[:, 0].min() == near(160) and hole[:, 1].max() == near(200)
+    assert all(len(ring) <= 10 for polygon in polygons for ring in polygon)  # straight edges: a few vertices
+
+
 def test_slide_heatmap_writes_figure_grid_and_qupath_tiles(tmp_path):
     slide = tmp_path / "half.png"
     _pink_half_image(slide)
@@ -108,9 +140,17 @@ def test_slide_heatmap_writes_figure_grid_and_qupath_tiles(tmp_path):
     png, npy, geojson = write_slide_heatmap(scores, tmp_path / "out", "half", "half: P(pale)", "P(pale)")
     assert png.name == "half_heatmap.png" and Image.open(png).size[0] >= 256
     np.testing.assert_array_equal(np.load(npy), grid)
-    tiles = json.loads(geojson.read_text())
-    assert tiles["type"] == "FeatureCollection" and len(tiles["features"]) == np.isfinite(grid).sum()
-    for feature in tiles["features"]:
+    collection = json.loads(geojson.read_text())
+    assert collection["type"] == "FeatureCollection"
+    tissue, tiles = _outline_and_tiles(collection)
+    assert len(tiles) == np.isfinite(grid).sum()
+    [polygon] = tissue["geometry"]["coordinates"]  # one piece of tissue, no hole
+    [ring] = np.array(polygon, dtype=object)
+    ring = np.array(ring, np.float64)
+    assert np.array_equal(ring[0], ring[-1]) and 5 <= len(ring) <= 20  # closed, simplified
+    assert ring[:, 0].min() == 0 and 120 <= ring[:, 0].max() <= 136  # the pink left half (128 px)
+    assert ring[:, 1].min() == 0 and ring[:, 1].max() == 256  # the full height, within the slide
+    for feature in tiles:
         assert feature["type"] == "Feature" and feature["geometry"]["type"] == "Polygon"
         ring = np.array(feature["geometry"]["coordinates"][0])
         assert ring.shape == (5, 2) and np.array_equal(ring[0], ring[-1])
@@ -129,8 +169,11 @@ def test_slide_heatmap_on_real_svs(tmp_path):
     assert np.isfinite(grid).any() and np.nanmin(grid) >= 0 and np.nanmax(grid) <= 1
     png, npy, geojson = write_slide_heatmap(scores, tmp_path, "svs", "svs", "darkness")
     assert np.load(npy).shape == grid.shape and Image.open(png).size[0] >= 256
-    features = json.loads(geojson.read_text())["features"]
-    assert len(features) == np.isfinite(grid).sum() and "classification" not in features[0]["properties"]
+    tissue, tiles = _outline_and_tiles(json.loads(geojson.read_text()))
+    assert len(tiles) == np.isfinite(grid).sum() and "classification" not in tiles[0]["properties"]
+    width, height = scores.dimensions
+    xy = _vertices(tissue)
+    assert (xy >= 0).all() and (xy[:, 0] <= width).all() and (xy[:, 1] <= height).all()
 
 
 def test_class_is_an_index_or_a_name_of_the_run():
@@ -146,15 +189,35 @@ def test_class_is_an_index_or_a_name_of_the_run():
             resolve_class(bad, names)
 
 
-def test_a_regression_run_is_rebuilt_from_its_record_and_paints_its_values(tmp_path):
+def _regression_run(run: Path, seed: int, checkpoint: str = FINETUNED):
+    """A tiny regression run folder: a model of seed ``seed`` saved as ``checkpoint``, its record."""
     cfg = validate({"data": {"image_size": 32}, "task": {"name": "reg"}})
     plugins = default_plugins()
     prepared = PreparedData(PatchTable.from_rows([], 32), (TargetKind.TARGET,))
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     model = build_downstream(cfg, plugins, prepared, None).eval()
-    run = tmp_path / "run"
-    save_checkpoint({"modules": {"model": model.state_dict()}}, run / FINETUNED)
+    save_checkpoint({"modules": {"model": model.state_dict()}}, run / checkpoint)
     write_inference_record(run, describe_run(cfg, plugins, run, model.encoder.special, prepared, TargetKind.TARGET))
+    return model, plugins
+
+
+def test_inference_loads_the_best_fine_tuned_weights_when_kept(tmp_path):
+    run = tmp_path / "run"
+    last, plugins = _regression_run(run, seed=0)
+    assert finetuned_checkpoint(run) == run / FINETUNED  # no validation: the last step's
+    best, _ = _regression_run(run, seed=1, checkpoint=f"checkpoints/{BEST_FILE}")
+    assert finetuned_checkpoint(run) == run / "checkpoints" / BEST_FILE
+    rebuilt, record = load_inference_model(run, plugins)
+    assert record.paths.checkpoint == str((run / "checkpoints" / BEST_FILE).resolve())
+    batch = torch.randint(0, 256, (2, 32, 32, 3), dtype=torch.uint8)
+    with torch.no_grad():
+        torch.testing.assert_close(rebuilt(batch), best(batch))
+        assert not torch.allclose(rebuilt(batch), last(batch))
+
+
+def test_a_regression_run_is_rebuilt_from_its_record_and_paints_its_values(tmp_path):
+    run = tmp_path / "run"
+    model, plugins = _regression_run(run, seed=0)
 
     rebuilt, record = load_inference_model(run, plugins)
     batch = torch.randint(0, 256, (2, 32, 32, 3), dtype=torch.uint8)
@@ -166,7 +229,7 @@ def test_a_regression_run_is_rebuilt_from_its_record_and_paints_its_values(tmp_p
     _pink_half_image(slide)
     written = heatmap(run, slide, tmp_path / "out", fallback_mpp=0.5, device="cpu")
     assert [p.name for p in written] == ["half_heatmap.png", "half_heatmap.npy", "half_tiles.geojson"]  # no CAM
-    props = json.loads(written[2].read_text())["features"][0]["properties"]
+    props = _outline_and_tiles(json.loads(written[2].read_text()))[1][0]["properties"]
     assert set(props["measurements"]) == {"score", "predicted value"} and "classification" not in props
     with pytest.raises(UserError, match="--class: task 'reg' predicts targets, not classes"):
         heatmap(run, slide, tmp_path / "out", target_class="1", fallback_mpp=0.5)
@@ -204,8 +267,10 @@ def test_heatmap_needs_only_the_run_folder_and_the_slide(tmp_path, monkeypatch):
     assert all(Path(p).parent == run / "heatmaps" for p in printed)
     grid = np.load(printed[1])
     assert grid.shape == (12, 12)  # 384 px slide, 32 px patches, both at 0.5 µm/px
-    features = json.loads(Path(printed[2]).read_text())["features"]
+    tissue, features = _outline_and_tiles(json.loads(Path(printed[2]).read_text()))
     assert len(features) == np.isfinite(grid).sum() > 0
+    xy = _vertices(tissue)
+    assert (xy >= 0).all() and (xy <= 384).all()  # within the 384 px slide
     props = features[0]["properties"]
     assert set(props["measurements"]) == {"score", "P(low)", "P(intermediate)", "P(high)"}
     assert props["classification"]["name"] in {"low", "intermediate", "high"}
@@ -216,7 +281,8 @@ def test_heatmap_needs_only_the_run_folder_and_the_slide(tmp_path, monkeypatch):
         real = sassl(
             "heatmap", "--checkpoint", run, "--slide", SHARED_SLIDE, "--mpp", 4, "--cam-patches", 1
         ).out.split()
-        assert np.isfinite(np.load(real[1])).sum() == len(json.loads(Path(real[2]).read_text())["features"]) > 0
+        _, real_tiles = _outline_and_tiles(json.loads(Path(real[2]).read_text()))
+        assert np.isfinite(np.load(real[1])).sum() == len(real_tiles) > 0
         assert Path(real[3]).is_file()
 
     assert_user_error(

@@ -13,7 +13,7 @@ from tests.fixtures.layouts import make_breastpathq, make_camelyon16, make_panda
 from tests.pipeline.tiny import TINY, TINY_ANY_DATASET, sassl
 
 METRIC_KEYS = {
-    "cls": {"qwk", "qwk_by_source", "accuracy", "f1_per_class", "f1_micro"},
+    "cls": {"balanced_accuracy", "accuracy", "f1_per_class", "f1_micro"},
     "reg": {"mae", "mse", "r2"},
     "seg": {"pixel_accuracy", "dice", "miou"},
 }
@@ -56,6 +56,8 @@ def test_run_every_task_on_synthetic(tmp_path, task):
         printed = sassl("heatmap", "--checkpoint", out, "--slide", slide, "--cam-patches", 2).out.split()
         assert [Path(p).name for p in printed] == [
             "centre0_slide0_heatmap.png",
+            "centre0_slide0_heatmap.npy",
+            "centre0_slide0_tiles.geojson",
             "centre0_slide0_cam0.png",
             "centre0_slide0_cam1.png",
         ]
@@ -93,7 +95,7 @@ def _check_run_without_pretrain_outputs(out, task):
 
 
 LAYOUTS = {
-    "panda": (make_panda, "cls", []),
+    "panda": (make_panda, "cls", ["--set", "task.options.ordinal=true"]),  # ISUP grades
     "breastpathq": (make_breastpathq, "reg", ["--batch-size", "4"]),  # few patches per slide
     "camelyon16": (make_camelyon16, "seg", []),
     "tcga": (make_tcga, "cls", []),

@@ -47,7 +47,8 @@ def test_evaluation_with_adapt_bn_adapts_one_copy_per_source_on_that_source_alon
         return adapted_copy(model, batches)
 
     monkeypatch.setattr(evaluate_module, "adapted_copy", spy)
-    cfg = validate(deep_merge(TINY, {"output": {"dir": str(tmp_path / "run")}}))
+    graded = {"task": {"options": {"ordinal": True}}}  # QWK per source names the evaluated sources
+    cfg = validate(deep_merge(TINY, {"output": {"dir": str(tmp_path / "run")}} | graded))
     api.finetune(cfg)
     plain = api.evaluate(cfg).metrics
     assert seen == []

@@ -29,10 +29,10 @@ def test_run_writes_predictions_and_headline_and_evaluate_reproduces_it(tmp_path
     sassl("run", "--steps", 0, "--finetune-steps", 3, "--set", "finetune.val_every=2", "--out", out, *TINY)
     metrics = json.loads((out / "metrics.json").read_text())
     head = metrics["headline"]
-    assert head["metric"] == "qwk" and head["value"] == metrics["metrics"]["qwk"]
+    assert head["metric"] == "balanced_accuracy" and head["value"] == metrics["metrics"]["balanced_accuracy"]
     assert head["resamples"] == 1000 and head["resampled_by"] == "slide"
     assert head["ci95"][0] <= head["value"] <= head["ci95"][1]
-    assert metrics["best_step"] in (2, 3) and "val_qwk" in metrics
+    assert metrics["best_step"] in (2, 3) and "val_balanced_accuracy" in metrics
     assert (out / "checkpoints" / "finetune_best.pt").is_file()
 
     patches = _rows(out / "predictions.csv")
@@ -48,7 +48,7 @@ def test_run_writes_predictions_and_headline_and_evaluate_reproduces_it(tmp_path
     assert sorted(r["slide_id"] for r in slides) == sorted({r["slide_id"] for r in patches})
     assert sum(int(r["n_patches"]) for r in slides) == len(patches)
     report = (out / "report.md").read_text()
-    assert f"Headline: **qwk {head['value']:.4f}** (95 % CI" in report and "predictions.csv" in report
+    assert f"Headline: **balanced_accuracy {head['value']:.4f}** (95 % CI" in report and "predictions.csv" in report
     assert f"step {metrics['best_step']}, the best on validation" in report
 
     written = (out / "metrics.json").read_text()

@@ -20,7 +20,7 @@ from torch import nn
 
 from sassl_core.errors import UserError
 from sassl_core.interfaces import TaskHead
-from sassl_core.metrics import classification_metrics
+from sassl_core.metrics import classification_metrics, quadratic_weighted_kappa
 from sassl_core.ssl.mlp import build_mlp
 
 
@@ -66,6 +66,7 @@ class OrdinalHead(TaskHead):
     """
 
     class_scores = False
+    headline = "qwk"  # the metric evaluation reports with a bootstrap interval and validation selects on
 
     def __init__(self, in_channels: int, num_classes: int, options: OrdinalOptions) -> None:
         super().__init__()
@@ -94,6 +95,10 @@ class OrdinalHead(TaskHead):
 
     def metrics(self, predictions: np.ndarray, targets: np.ndarray, sources: np.ndarray) -> dict:
         return classification_metrics(predictions, targets, sources, num_classes=self.num_classes)
+
+    def headline_score(self, predictions: np.ndarray, targets: np.ndarray) -> float:
+        """The headline metric alone: QWK of the most probable grades."""
+        return quadratic_weighted_kappa(targets, predictions.argmax(1), self.num_classes)
 
 
 def build_ordinal(options: OrdinalOptions, feature_channels: Sequence[int], num_outputs: int | None) -> OrdinalHead:

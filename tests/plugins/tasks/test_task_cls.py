@@ -34,7 +34,7 @@ def test_label_smoothing_raises_loss_floor():
 
 
 def test_metrics_use_paper_keys():
-    head = cls.build(cls.ClassificationOptions(), CHANNELS, 3)
+    head = cls.build(cls.ClassificationOptions(ordinal=True), CHANNELS, 3)
     probs = np.array([[0.8, 0.1, 0.1], [0.1, 0.8, 0.1], [0.1, 0.1, 0.8]])
     m = head.metrics(probs, np.array([0, 1, 2]), np.array(["a", "a", "b"]))
     assert m["qwk"] == 1.0 and m["accuracy"] == 1.0 and len(m["f1_per_class"]) == 3
@@ -65,8 +65,8 @@ def test_end_to_end_with_dual_encoder():
 def test_ordinal_option_decides_qwk_and_the_headline():
     probs = np.array([[0.8, 0.1, 0.1], [0.1, 0.8, 0.1], [0.1, 0.1, 0.8], [0.1, 0.8, 0.1]])
     truth = np.array([0, 1, 2, 2])
-    graded = cls.build(cls.ClassificationOptions(), CHANNELS, 3)
-    nominal = cls.build(cls.ClassificationOptions(ordinal=False), CHANNELS, 3)
+    graded = cls.build(cls.ClassificationOptions(ordinal=True), CHANNELS, 3)
+    nominal = cls.build(cls.ClassificationOptions(), CHANNELS, 3)  # the default: unordered classes
     assert graded.headline == "qwk" and graded.headline_score(probs, truth) == graded.metrics(probs, truth, None)["qwk"]
     m = nominal.metrics(probs, truth, np.array(["a"] * 4))
     assert "qwk" not in m and {"balanced_accuracy", "f1_macro", "auroc"} <= set(m)
