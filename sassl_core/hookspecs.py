@@ -162,8 +162,11 @@ def sassl_register_datasets(register: Register[DatasetFactory]) -> None:
     """Register datasets.
 
     ``factory(options, context) -> sassl_core.interfaces.PreparedData``, whose ``target_kinds``
-    say which kinds of target its patches carry. The dataset validates its folder and raises
-    ``sassl_core.UserError`` naming the missing or wrong file or column.
+    say which kinds of target its patches carry (none for unlabelled data: it can then be
+    pretrained on and probed, not fine-tuned). The dataset validates its folder and raises
+    ``sassl_core.UserError`` naming the missing or wrong file or column. A dataset that makes its
+    own data declares ``reads_root: ClassVar[bool] = False`` on its options model; the core then
+    refuses a data root for it instead of ignoring one.
 
     :param register: adds one dataset: ``register(name, factory, options)``.
         The factory receives ``options`` and ``context``, a

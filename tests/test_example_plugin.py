@@ -219,6 +219,7 @@ def test_head_metrics_use_the_classification_metrics():
     sources = np.array(["a", "a", "b", "b"])
     metrics = head.metrics(probs, targets, sources)
     assert metrics["accuracy"] == pytest.approx(0.75)
+    assert head.headline == "qwk" and head.headline_score(probs, targets) == metrics["qwk"]
 
 
 # --- end to end -------------------------------------------------------------------------------

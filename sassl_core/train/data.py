@@ -19,6 +19,7 @@ from sassl_core.config import RunConfig
 from sassl_core.errors import UserError
 from sassl_core.interfaces import DatasetContext, PreparedData
 from sassl_core.plugins import PluginSet
+from sassl_core.progress import progress_reporter
 from sassl_core.wsi.cache import PatchCache, table_fingerprint
 from sassl_core.wsi.dataset import PatchDataset, make_loader
 from sassl_core.wsi.patches import PatchTable
@@ -30,8 +31,21 @@ def cache_root(cfg: RunConfig) -> Path:
     return Path(os.environ.get("SASSL_CACHE", Path.home() / ".cache" / "sassl"))
 
 
+def reads_root(options: type) -> bool:
+    """Whether a dataset reads the user's files: its options model says ``reads_root = False``
+    (a ``ClassVar``) when it makes its own data."""
+    return bool(getattr(options, "reads_root", True))
+
+
 def prepare_dataset(cfg: RunConfig, plugins: PluginSet) -> PreparedData:
-    """Ask the dataset plugin for its patch index (it validates its folder)."""
+    """Ask the dataset plugin for its patch index (it validates its folder). A data root given
+    to a dataset that makes its own data is refused first: it would be silently ignored."""
+    dataset = plugins["dataset"].get(cfg.data.dataset)
+    if cfg.data.root is not None and not reads_root(dataset.options):
+        raise UserError(
+            f"data.root: dataset '{cfg.data.dataset}' takes no data root (it generates its data); "
+            "pick a dataset that reads folders, e.g. --dataset folder"
+        )
     if cfg.data.root is not None and not Path(cfg.data.root).exists():
         raise UserError(f"data.root: folder {cfg.data.root} does not exist")
     context = DatasetContext(
@@ -45,7 +59,7 @@ def prepare_dataset(cfg: RunConfig, plugins: PluginSet) -> PreparedData:
         seed=cfg.trainer.seed,
         strict=cfg.data.strict,
     )
-    prepared = plugins["dataset"].create(cfg.data.dataset, cfg.data.options, context=context)
+    prepared = dataset.build(cfg.data.options, context=context)
     if len(prepared.patches) == 0:
         raise UserError(f"dataset '{cfg.data.dataset}': no patches found under {cfg.data.root}")
     held_out = cfg.data.held_out_source
@@ -83,7 +97,9 @@ def patch_dataset(cfg: RunConfig, table: PatchTable, with_masks: bool, quiet: bo
     path = cache_root(cfg) / "patches" / _cache_key(table, with_masks)
     if not quiet and not path.exists():
         print(f"caching {len(table)} patches to {path}", flush=True)
-    return PatchDataset(table, PatchCache.open_or_build(table, path, with_masks=with_masks), with_masks=with_masks)
+    progress = None if quiet else progress_reporter("caching patches")
+    cache = PatchCache.open_or_build(table, path, with_masks=with_masks, strict=cfg.data.strict, progress=progress)
+    return PatchDataset(table, cache, with_masks=with_masks)
 
 
 def sequential_batches(n: int, batch_size: int) -> list[list[int]]:

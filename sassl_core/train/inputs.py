@@ -19,6 +19,7 @@ from torch import nn
 from sassl_core.color import as_float_images
 from sassl_core.config import InputConfig, RunConfig
 from sassl_core.errors import UserError
+from sassl_core.interfaces import StainTransform
 from sassl_core.plugins import PluginSet
 
 StainFunction = Callable[[torch.Tensor], torch.Tensor]
@@ -33,9 +34,9 @@ def read_target(path) -> np.ndarray:
         raise UserError(f"data.stain_target: cannot read image {path} ({err})") from None
 
 
-def build_stain_norm(cfg: RunConfig, plugins: PluginSet) -> StainFunction | None:
-    """A function mapping uint8 ``(B, H, W, 3)`` batches to stain-normalised uint8 batches, or
-    ``None`` when the run normalises no stain."""
+def fit_stain_transform(cfg: RunConfig, plugins: PluginSet) -> StainTransform | None:
+    """The run's stain transform fitted on ``data.stain_target``, or ``None`` when the run
+    normalises no stain."""
     if cfg.data.stain_norm is None:
         return None
     if cfg.data.stain_target is None:
@@ -44,6 +45,18 @@ def build_stain_norm(cfg: RunConfig, plugins: PluginSet) -> StainFunction | None
         )
     transform = plugins["stain"].create(cfg.data.stain_norm, cfg.data.stain_norm_options)
     transform.fit(read_target(cfg.data.stain_target))
+    return transform
+
+
+def build_stain_norm(cfg: RunConfig, plugins: PluginSet) -> StainFunction | None:
+    """A function mapping uint8 ``(B, H, W, 3)`` batches to stain-normalised uint8 batches, or
+    ``None`` when the run normalises no stain."""
+    transform = fit_stain_transform(cfg, plugins)
+    return None if transform is None else stain_function(transform)
+
+
+def stain_function(transform: StainTransform) -> StainFunction:
+    """A fitted ``transform`` applied to uint8 ``(B, H, W, 3)`` batches, giving uint8 batches."""
 
     def normalise(images: torch.Tensor) -> torch.Tensor:
         floats = images.permute(0, 3, 1, 2).float().div_(255)

@@ -26,10 +26,11 @@ from sassl_core.plugins import PluginSet
 from sassl_core.train.backbone import create_backbone, pooled_dim
 from sassl_core.train.checkpoint import export_encoder
 from sassl_core.train.data import batch_stream, patch_dataset, source_ids, to_device
+from sassl_core.train.inference_meta import describe_run, encoder_metadata, write_inference_record
 from sassl_core.train.inputs import build_model_input
 from sassl_core.train.optim import build_optimizer, warmup_cosine
 from sassl_core.train.rundir import ENCODER_FILE
-from sassl_core.train.runtime import Runtime, autocast, prepare_model
+from sassl_core.train.runtime import Runtime, autocast, in_turn, prepare_model, replicate
 from sassl_core.train.trainer import Phase, Program, Trainer
 from sassl_core.train.views import ViewGenerator, ViewOptions
 
@@ -100,12 +101,22 @@ def build_pretrain_program(
     """The pretraining step as a trainer :class:`Program` (also what the benchmarks time).
 
     ``source_of`` maps a batch's ``index`` (patch-table row) to its stain-source id.
+
+    Under torchrun the SSL model and D are each wrapped in DistributedDataParallel
+    (:func:`replicate`); a step backpropagates once through each: D's loss reads detached
+    embeddings, and the generator term runs D with detached weights. D reads the gathered global
+    batch, so its gradients already agree across processes; DDP averages them anyway (rounding on
+    different devices could otherwise drift D apart). That is one bucket (0.75 MiB at the default
+    widths) overlapped with D's backward, measured no slower than one all-reduce after it
+    (docs/benchmarks.md), and it keeps a single gradient-sync path.
     """
     model = prepare_model(build_ssl_model(cfg, plugins), rt, cfg.trainer.sync_bn, cfg.trainer.channels_last)
     inputs = build_model_input(cfg, plugins).to(rt.device)
     views = ViewGenerator(ViewOptions.model_validate(cfg.ssl.views), scale=inputs.scale)
     view_rng = torch.Generator(device=rt.device).manual_seed(cfg.trainer.seed * 1000 + rt.rank)
-    forward = torch.compile(model) if cfg.trainer.compile else model
+    replica = replicate(model, rt)
+    forward = torch.compile(replica) if cfg.trainer.compile else replica
+    replicas = [replica]
     tap = style_tap(cfg, model) if cfg.sassl.enabled else None
 
     steps = cfg.pretrain.steps
@@ -128,6 +139,8 @@ def build_pretrain_program(
             warmup_steps=s.warmup_steps,
         ).to(rt.device)
         modules["discriminator"] = adversary
+        d_replica = replicate(adversary.discriminator, rt)
+        replicas.append(d_replica)
         optimizers["discriminator"] = torch.optim.Adam(adversary.parameters(), lr=s.lr, betas=(0.5, 0.999))
 
     def phases(batch: dict, step: int):
@@ -144,7 +157,7 @@ def build_pretrain_program(
             return
         src = source_of[batch["index"]]
         s1, s2 = (s.float() for s in adversary_inputs(out, cfg, tap))
-        d_loss, d_stats = adversary.discriminator_loss(s1, s2, src)
+        d_loss, d_stats = adversary.discriminator_loss(s1, s2, src, d_replica)
         yield Phase("discriminator", d_loss, {"L_D": d_loss.detach()})
         g_term, g_stats = adversary.generator_term(s1, s2, src, step)
         logs.update(a_same=g_stats["a_same"], a_diff=g_stats["a_diff"], lam=adversary.lam_at(step))
@@ -158,6 +171,7 @@ def build_pretrain_program(
         after_step=lambda step: model.after_step((step + 1) / max(1, steps)),
         extra_state=lambda: {"view_rng": view_rng.get_state()},
         load_extra_state=lambda state: view_rng.set_state(state["view_rng"]) if "view_rng" in state else None,
+        replicas=replicas,
     )
     return program, model
 
@@ -166,7 +180,8 @@ def pretrain(cfg: RunConfig, plugins: PluginSet, prepared: PreparedData, run_dir
     """Pretrain an encoder on the dataset's training patches; export ``encoder.safetensors``."""
     table = prepared.patches.split("train")
     ids = source_ids(table, cfg.sassl.source_key)
-    dataset = patch_dataset(cfg, table, with_masks=False, quiet=cfg.output.quiet or not rt.is_main)
+    with in_turn(rt):  # rank 0 builds the patch cache, the others open it
+        dataset = patch_dataset(cfg, table, with_masks=False, quiet=cfg.output.quiet or not rt.is_main)
     sampler = balanced_sampler(cfg, ids, rt)
 
     def index_batches():
@@ -179,7 +194,9 @@ def pretrain(cfg: RunConfig, plugins: PluginSet, prepared: PreparedData, run_dir
     history = trainer.fit(program, batch_stream(dataset, index_batches, cfg.data.num_workers))
     encoder_path = Path(run_dir) / ENCODER_FILE
     if rt.is_main:
-        export_encoder(model.encoder, encoder_path, cfg.backbone.name)
+        record = describe_run(cfg, plugins, run_dir, model.encoder)
+        export_encoder(model.encoder, encoder_path, encoder_metadata(record))
+        write_inference_record(run_dir, record)
     if rt.distributed:
         torch.distributed.barrier()
     return PretrainResult(encoder_path, history)

@@ -260,8 +260,9 @@ def test_run_log_keeps_what_each_stage_printed_after_a_header(tmp_path, monkeypa
     assert "torch " in log and "timm " in log and "python " in log and "device cpu" in log
     assert "caching patches: " in log  # the cache build reports progress as plain lines off a terminal
     assert "[pretrain] step 2/2" in log
-    stage_lines = [line for line in (first.out + first.err).splitlines() if not line.startswith("done: ")]
-    assert stage_lines and all(line in log for line in stage_lines)  # the CLI's closing "done:" line is its own
+    printed = (first.out + first.err).splitlines()
+    assert printed and all(line in log for line in printed)
+    assert log.splitlines()[-1] == f"done: {out}" and first.out.count("done: ") == 1  # the CLI's line, printed once
 
     refused = cli("pretrain", "--steps", 3, "--out", out, *loud, "--resume", "--set", "sassl.lam=0.5")
     assert refused.status == 2

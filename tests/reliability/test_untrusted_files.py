@@ -95,7 +95,7 @@ def finished_run(tmp_path_factory) -> Path:
 @pytest.mark.parametrize(
     "command, checkpoint",
     [
-        (["evaluate"], "finetune_last.pt"),
+        (["evaluate"], "finetune_best.pt"),  # the weights kept by validation
         (["pretrain", "--steps", 2, "--resume"], "pretrain_last.pt"),
         (["finetune", "--finetune-steps", 2, "--resume"], "finetune_last.pt"),
     ],
@@ -117,9 +117,9 @@ def test_cli_refuses_a_crafted_pretrained_file(tmp_path, marker):
 
 def test_truncated_checkpoint_is_an_error_not_a_crash(finished_run, tmp_path):
     run = Path(shutil.copytree(finished_run, tmp_path / "run"))
-    path = run / "checkpoints" / "finetune_last.pt"
+    path = run / "checkpoints" / "finetune_best.pt"  # what evaluate loads
     path.write_bytes(path.read_bytes()[:4096])
-    assert_user_error(cli("evaluate", "--out", run, *TINY), "finetune_last.pt: not a readable checkpoint")
+    assert_user_error(cli("evaluate", "--out", run, *TINY), "finetune_best.pt: not a readable checkpoint")
 
 
 def test_corrupt_safetensors_is_an_error(tmp_path):
