@@ -31,6 +31,7 @@ from sassl_core.interfaces import TargetKind
 from sassl_core.registry import Component, EmptyOptions, Registry
 
 ENTRY_POINT_GROUP = "sassl"
+SHIPPED_DISTRIBUTION = "sassl"  # the distribution whose plugins win a clash of entry-point names
 
 
 @dataclass
@@ -97,12 +98,46 @@ def _disabled() -> set[str]:
     return {n.strip() for n in raw.split(",") if n.strip()}
 
 
-def _entry_points() -> Iterable[importlib.metadata.EntryPoint]:
-    return importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)
+@dataclass(frozen=True)
+class _Unreadable:
+    """Stands for the entry points of a distribution whose ``entry_points.txt`` does not parse:
+    loading it fails, so the distribution is reported like any broken plugin."""
+
+    dist: importlib.metadata.Distribution
+    problem: str
+    name: str = "entry_points.txt"
+    value: str = ""
+
+    def load(self) -> object:
+        raise UserError(f"entry_points.txt: expected 'name = module' lines, found {self.problem}")
+
+
+def _entry_points() -> Iterable[importlib.metadata.EntryPoint | _Unreadable]:
+    """The ``sassl`` entry points of every distribution on the path (the first of each name)."""
+    seen: set[str] = set()
+    for dist in importlib.metadata.distributions():
+        dist_name = (dist.metadata["Name"] or "").lower().replace("_", "-")
+        if dist_name in seen:  # the same distribution found twice on sys.path
+            continue
+        seen.add(dist_name)
+        try:
+            yield from dist.entry_points.select(group=ENTRY_POINT_GROUP)
+        except Exception as err:  # the standard library's parser raises whatever a bad line provokes
+            if f"[{ENTRY_POINT_GROUP}]" in (dist.read_text("entry_points.txt") or ""):
+                yield _Unreadable(dist, _describe(err))
+
+
+def _is_shipped(dist: str) -> bool:
+    return dist == SHIPPED_DISTRIBUTION
 
 
 def _describe(error: BaseException) -> str:
     return f"{type(error).__name__}: {error}".strip()
+
+
+def _problem(error: BaseException) -> str:
+    """A plugin's failure for its report: a :class:`UserError`'s message, else the exception."""
+    return str(error) if isinstance(error, UserError) else _describe(error)
 
 
 def _returning(obj: object) -> Callable[[], object]:
@@ -124,16 +159,29 @@ def load_plugins(extra: Iterable[tuple[str, ModuleType | object]] = ()) -> Plugi
     candidates: list[tuple[str, str, str, Callable[[], object]]] = []
 
     if os.environ.get("SASSL_DISABLE_PLUGIN_AUTOLOAD", "") not in ("", "0"):
-        entry_points: Iterable[importlib.metadata.EntryPoint] = ()
+        entry_points: Iterable[importlib.metadata.EntryPoint | _Unreadable] = ()
     else:
         entry_points = _entry_points()
-    seen: set[str] = set()
-    for ep in entry_points:
-        if ep.name in seen:  # the same distribution seen twice on sys.path
-            continue
-        seen.add(ep.name)
+    by_name: dict[str, tuple[str, str]] = {}  # entry-point name → (distribution, module) that got it
+    for ep in sorted(entry_points, key=lambda ep: not _is_shipped(ep.dist.name if ep.dist else "")):
         dist = ep.dist.name if ep.dist else "unknown"
         version = ep.dist.version if ep.dist else "unknown"
+        module = getattr(ep, "value", "")
+        if isinstance(ep, _Unreadable):  # no name of its own to clash with
+            candidates.append((ep.name, dist, version, ep.load))
+            continue
+        if ep.name in by_name:
+            owner, owner_module = by_name[ep.name]
+            failures.append(
+                PluginFailure(
+                    ep.name,
+                    dist,
+                    f"entry point '{ep.name}' (module {module}) clashes with plugin '{ep.name}' of distribution "
+                    f"{owner} (module {owner_module}); not loaded",
+                )
+            )
+            continue
+        by_name[ep.name] = (dist, module)
         candidates.append((ep.name, dist, version, ep.load))
     for name, obj in extra:
         candidates.append((name, "(registered in code)", "", _returning(obj)))
@@ -144,8 +192,10 @@ def load_plugins(extra: Iterable[tuple[str, ModuleType | object]] = ()) -> Plugi
             continue
         try:
             module = load()
-        except Exception as err:  # a broken third-party plugin must not take the others down
-            failures.append(PluginFailure(name, dist, f"import failed: {_describe(err)}"))
+        except KeyboardInterrupt:
+            raise
+        except BaseException as err:  # a broken plugin, even one calling sys.exit, must not take the others down
+            failures.append(PluginFailure(name, dist, f"import failed: {_problem(err)}"))
             continue
         info = PluginInfo(name, dist, version)
         staged: list[Component] = []
@@ -155,9 +205,11 @@ def load_plugins(extra: Iterable[tuple[str, ModuleType | object]] = ()) -> Plugi
                 impls = [i for i in getattr(pm.hook, point.hook).get_hookimpls() if i.plugin_name == name]
                 for impl in impls:
                     impl.function(register=_collector(point, name, staged))
-        except Exception as err:
+        except KeyboardInterrupt:
+            raise
+        except BaseException as err:
             pm.unregister(name=name)
-            failures.append(PluginFailure(name, dist, str(err) if isinstance(err, UserError) else _describe(err)))
+            failures.append(PluginFailure(name, dist, _problem(err)))
             continue
         try:
             for component in staged:

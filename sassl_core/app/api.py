@@ -19,26 +19,37 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sassl_core.app.heatmap import grad_cam, save_cam_overlay, slide_heatmap
+from sassl_core.app.heatmap import (
+    PatchScores,
+    grad_cam,
+    resolve_class,
+    save_cam_panel,
+    score_slide,
+    write_slide_heatmap,
+)
+from sassl_core.app.inference import load_inference_model, load_model_state
 from sassl_core.app.probe import centre_probe
 from sassl_core.app.report import plot_curves, read_history, task_plot, write_report
-from sassl_core.config import RunConfig, load_config
+from sassl_core.app.runlog import RunLog, console_log
+from sassl_core.config import RunConfig, deep_merge, load_config, read_yaml, validate
 from sassl_core.errors import UserError
 from sassl_core.files import atomic_write_text
-from sassl_core.interfaces import PreparedData
+from sassl_core.interfaces import PreparedData, TargetKind
 from sassl_core.plugins import PluginSet, default_plugins
 from sassl_core.train.backbone import TIMM_PREFIX
-from sassl_core.train.checkpoint import load_checkpoint
 from sassl_core.train.data import prepare_dataset
-from sassl_core.train.evaluate import compute_metrics, predict, write_metrics
-from sassl_core.train.finetune import build_downstream, resolve_pretrained
+from sassl_core.train.evaluate import compute_metrics, predict, write_metrics, write_predictions
+from sassl_core.train.finetune import build_downstream, resolve_pretrained, task_target_kind
 from sassl_core.train.finetune import finetune as finetune_stage
+from sassl_core.train.hparams import log_hparams
+from sassl_core.train.inference_meta import finetuned_checkpoint
+from sassl_core.train.inputs import fit_stain_transform
 from sassl_core.train.pretrain import pretrain as pretrain_stage
-from sassl_core.train.rundir import CHECKPOINTS, ENCODER_FILE, HEATMAPS, MARKER, RunDir, config_name
-from sassl_core.train.runtime import Runtime, init_runtime, seed_everything
+from sassl_core.train.rundir import ENCODER_FILE, HEATMAPS, MARKER, RunDir, changed_settings, config_name
+from sassl_core.train.rundir import flatten as flatten_settings
+from sassl_core.train.runtime import Runtime, init_runtime, pick_device, seed_everything
+from sassl_core.train.validation import best_record
 from sassl_core.wsi.cache import read_patch
-from sassl_core.wsi.reader import open_slide
-from sassl_core.wsi.tiling import tile_slide
 
 __all__ = ["RunConfig", "RunResult", "load_config", "pretrain", "finetune", "evaluate", "probe", "run", "heatmap"]
 
@@ -93,7 +104,8 @@ def _check_names(cfg: RunConfig, plugins: PluginSet, stage: str) -> None:
 
 def _write_run_dir(cfg: RunConfig, run_dir: Path, stage: str, prepared: PreparedData) -> None:
     config = run_dir / config_name(stage)
-    if not (cfg.output.resume and config.exists()):  # a resumed run keeps the settings it started with
+    # a resumed run keeps the settings it started with, unless resumed with (checked) changes
+    if not (cfg.output.resume and config.exists()) or cfg.output.resume_with_changes:
         atomic_write_text(config, cfg.to_yaml())
     if prepared.skipped:
         atomic_write_text(run_dir / "skipped_slides.json", json.dumps(prepared.skipped, indent=2))
@@ -116,9 +128,35 @@ def _open_run_dir(cfg: RunConfig, run: RunDir, stage: str, prepared: PreparedDat
     return fresh
 
 
+def _check_resume_settings(cfg: RunConfig, run: RunDir, stage: str) -> str | None:
+    """``--resume`` continues the run with the settings it recorded: other settings (but step
+    counts and output options) are refused, or, with ``--resume-with-changes``, applied and
+    logged; returns the recorded settings' text when they are to be replaced."""
+    config = run.path / config_name(stage)
+    changes = changed_settings(config, cfg) if config.is_file() else []
+    if changes and not cfg.output.resume_with_changes:
+        raise UserError(
+            f"{config}: --resume with settings other than the run's: {', '.join(changes)}; "
+            "expected the same settings (or pass --resume-with-changes to apply them)"
+        )
+    if not changes:
+        return None
+    print(f"warning: resuming {run.path} with changed settings: {', '.join(changes)}", file=sys.stderr)
+    return config.read_text()
+
+
 @contextmanager
 def _stage(
     cfg: RunConfig, plugins: PluginSet | None, stage: str
+) -> Iterator[tuple[PluginSet, Runtime, Path, PreparedData]]:
+    """:func:`_take_stage`, with what the stage prints also kept in the run's ``run.log``."""
+    with console_log() as log, _take_stage(cfg, plugins, stage, log) as taken:
+        yield taken
+
+
+@contextmanager
+def _take_stage(
+    cfg: RunConfig, plugins: PluginSet | None, stage: str, log: RunLog
 ) -> Iterator[tuple[PluginSet, Runtime, Path, PreparedData]]:
     """Check everything that can be checked, then take the run folder (lock, marker, config) for
     the stage; a stage refused with a :class:`UserError` before it produced anything leaves no
@@ -129,7 +167,10 @@ def _stage(
     run = RunDir(cfg.output.dir)
     if rt.is_main:  # quick answers first: in use (the other ranks would see rank 0's lock), ...
         run.check_free()
-    check_run_dir(cfg, stage)  # ... or not this stage's to write
+    recorded, checkpoints = None, None
+    if not check_run_dir(cfg, stage) and cfg.output.resume:  # ... or not this stage's to write
+        recorded = _check_resume_settings(cfg, run, stage)
+        checkpoints = run.checkpoint_stamps()
     _check_names(cfg, plugins, stage)
     prepared = prepare_dataset(cfg, plugins)
     for item in prepared.skipped:
@@ -139,10 +180,14 @@ def _stage(
     try:
         with run.locked() if rt.is_main else contextlib.nullcontext():
             fresh = rt.is_main and _open_run_dir(cfg, run, stage, prepared)
+            if rt.is_main:
+                log.attach(run.path, str(rt.device))
             yield plugins, rt, run.path, prepared
     except UserError:
         if fresh and run.produced_nothing(stage):
             run.discard(created)
+        if recorded is not None and rt.is_main and run.checkpoint_stamps() == checkpoints:
+            atomic_write_text(run.path / config_name(stage), recorded)  # nothing trained with the changes
         raise
 
 
@@ -157,14 +202,19 @@ def pretrain(cfg: RunConfig, plugins: PluginSet | None = None) -> RunResult:
 
 def _finetune_and_evaluate(cfg, plugins, rt, run_dir, prepared, pretrained) -> RunResult:
     result = finetune_stage(cfg, plugins, prepared, run_dir, rt, pretrained)
-    metrics = _evaluate_model(cfg, result.model, prepared, rt, run_dir) if rt.is_main else None
+    metrics = _evaluate_model(cfg, result.model, prepared, rt, run_dir, result.best) if rt.is_main else None
+    if metrics is not None and cfg.output.tensorboard:
+        log_hparams(run_dir, cfg, metrics)
     return RunResult(run_dir, metrics, pretrained)
 
 
-def _evaluate_model(cfg, model, prepared, rt, run_dir) -> dict:
+def _evaluate_model(cfg, model, prepared, rt, run_dir, best: dict) -> dict:
+    """Metrics (with ``best``: the step and validation score of the weights evaluated),
+    predictions, figures and the report."""
     predictions = predict(cfg, model, prepared, rt)
-    metrics = compute_metrics(cfg, model, predictions)
+    metrics = compute_metrics(cfg, model, predictions) | best
     write_metrics(metrics, run_dir / "metrics.json")
+    write_predictions(model.head, predictions, prepared.class_names, run_dir)
     images = [task_plot(predictions, model.head.target_kind, prepared.class_names, run_dir)]
     for stage in ("pretrain", "finetune"):
         if plot_curves(read_history(run_dir, stage), f"{stage} curves", run_dir / f"{stage}_curves.png"):
@@ -185,23 +235,42 @@ def finetune(cfg: RunConfig, plugins: PluginSet | None = None) -> RunResult:
 
 
 def _load_finetuned(cfg: RunConfig, plugins: PluginSet, prepared: PreparedData, rt: Runtime, run_dir: Path):
-    path = run_dir / CHECKPOINTS / "finetune_last.pt"
-    state = load_checkpoint(path)
+    """The fine-tuned weights kept: the best by validation (:mod:`sassl_core.train.validation`),
+    else the last step's."""
     model = build_downstream(cfg, plugins, prepared, None).to(rt.device)
-    try:
-        model.load_state_dict(state["modules"]["model"])
-    except (KeyError, RuntimeError) as err:
-        raise UserError(
-            f"{path}: does not fit backbone '{cfg.backbone.name}' / task '{cfg.task.name}' ({str(err).splitlines()[0][:160]})"
-        ) from None
+    load_model_state(model, finetuned_checkpoint(run_dir), f"backbone '{cfg.backbone.name}' / task '{cfg.task.name}'")
     return model.eval()
 
 
+def run_settings(cfg: RunConfig) -> RunConfig:
+    """The settings the run in ``output.dir`` was fine-tuned with (``config_finetune.yaml``, else
+    ``config.yaml``), with the fields ``cfg`` sets explicitly on top, each that differs noted on
+    stderr; ``output`` is ``cfg``'s. Without a recorded config, ``cfg`` itself."""
+    run_dir = Path(cfg.output.dir)
+    recorded_file = next(
+        (run_dir / n for n in ("config_finetune.yaml", "config.yaml") if (run_dir / n).is_file()), None
+    )
+    if recorded_file is None:
+        return cfg
+    recorded = read_yaml(recorded_file)
+    given = cfg.model_dump(mode="json", exclude_unset=True)
+    given_output = given.pop("output", {})
+    was = flatten_settings(validate(recorded).model_dump(mode="json"))
+    for key, value in flatten_settings(given).items():
+        if key in was and was[key] != value:
+            print(f"note: {key}={value!r} from the command line, the run used {was[key]!r}", file=sys.stderr)
+    merged = deep_merge(recorded, given)
+    merged["output"] = given_output
+    return validate(merged)
+
+
 def evaluate(cfg: RunConfig, plugins: PluginSet | None = None) -> RunResult:
-    """Re-evaluate the fine-tuned model saved in ``output.dir``."""
+    """Re-evaluate the fine-tuned model saved in ``output.dir`` with the settings the run
+    recorded (:func:`run_settings`): it reproduces the run's ``metrics.json``."""
+    cfg = run_settings(cfg)
     with _stage(cfg, plugins, "evaluate") as (plugins, rt, run_dir, prepared):
         model = _load_finetuned(cfg, plugins, prepared, rt, run_dir)
-        return RunResult(run_dir, _evaluate_model(cfg, model, prepared, rt, run_dir))
+        return RunResult(run_dir, _evaluate_model(cfg, model, prepared, rt, run_dir, best_record(run_dir)))
 
 
 def probe(cfg: RunConfig, plugins: PluginSet | None = None) -> RunResult:
@@ -233,59 +302,81 @@ def heatmap(
     slide: Path,
     out_dir: Path | None = None,
     cam_patches: int = 4,
-    target_class: int | None = None,
+    target_class: int | str | None = None,
     plugins: PluginSet | None = None,
+    target_mpp: float | None = None,
+    fallback_mpp: float | None = None,
+    device: str = "auto",
 ) -> list[Path]:
-    """Whole-slide prediction heatmap and Grad-CAM overlays of a few patches (paper Fig. 5-8).
+    """Whole-slide prediction heatmap (PNG, patch grid ``.npy``, QuPath GeoJSON tiles) and
+    Grad-CAM panels of the patches scoring highest (paper Fig. 5-8).
 
-    The model is the fine-tuned one in ``run_dir``, rebuilt from the run's own config.
+    The model is the fine-tuned one in ``run_dir``, rebuilt from its ``inference.json`` and
+    checkpoint alone (:mod:`sassl_core.app.inference`): no training data, from any folder.
+    ``target_mpp`` and ``fallback_mpp`` (for slides without a resolution) default to the run's;
+    ``target_class`` is a class index or name (default: the last class).
     """
-    run_dir = Path(run_dir)
-    config = run_dir / "config_finetune.yaml"
-    cfg = load_config([config if config.exists() else run_dir / "config.yaml"], {"output": {"quiet": True}})
-    plugins = plugins or default_plugins()
-    rt = init_runtime(cfg.trainer.device)
-    prepared = prepare_dataset(cfg, plugins)
-    model = _load_finetuned(cfg, plugins, prepared, rt, run_dir)
-    out_dir = Path(out_dir or RunDir(run_dir).subfolder(HEATMAPS))
-    k = prepared.num_classes - 1 if target_class is None else target_class
+    run_dir, slide = Path(run_dir), Path(slide)
+    model, record = load_inference_model(run_dir, plugins or default_plugins())
+    assert record.task is not None  # load_inference_model refuses a run without a fine-tuned model
+    head, names = model.head, record.task.class_names
+    labels = head.target_kind is TargetKind.LABEL
+    if target_class is not None and not labels:
+        raise UserError(
+            f"--class: task '{record.task.name}' predicts {head.target_kind}s, not classes; expected no --class"
+        )
+    k = resolve_class(target_class, names) if labels else 0
+    dev = pick_device(device)
+    model.to(dev)
+    if labels:
+        title, label = f"{slide.name}: probability of '{names[k]}'", f"P({names[k]})"
+    elif head.target_kind is TargetKind.MASK:
+        title, label = f"{slide.name}: predicted {record.task.name} mask", "share of non-background pixels"
+    else:
+        title, label = f"{slide.name}: predicted {record.task.name} value", "predicted value"
 
     @torch.no_grad()
-    def predict_fn(patches: np.ndarray) -> np.ndarray:
-        out = model.head.predict(model(torch.from_numpy(patches).to(rt.device)).float())
-        return model.head.heatmap_value(out, k).cpu().numpy()
+    def predict_fn(patches: np.ndarray) -> PatchScores:
+        out = head.predict(model(torch.from_numpy(patches).to(dev)).float())
+        value = head.heatmap_value(out, k).cpu().numpy()
+        if not labels:
+            return PatchScores(value, {label: value})
+        probs = out.cpu().numpy()
+        return PatchScores(
+            value, {f"P({n})": probs[:, i] for i, n in enumerate(names)}, [names[j] for j in probs.argmax(1)]
+        )
 
-    written = [out_dir / f"{slide.stem}_heatmap.png"]
-    slide_heatmap(
+    patches = record.patches
+    scores = score_slide(
         predict_fn,
         slide,
-        cfg.data.image_size,
-        cfg.data.target_mpp,
-        written[0],
-        fallback_mpp=cfg.data.mpp,
-        tissue_threshold=cfg.data.tissue_threshold,
+        patches.size,
+        target_mpp or patches.target_mpp,
+        fallback_mpp if fallback_mpp is not None else patches.fallback_mpp,
+        patches.tissue_threshold,
     )
-    if model.head.class_scores and cam_patches:
-        reader = open_slide(slide, cfg.data.mpp)
-        rows = tile_slide(
-            reader,
-            cfg.data.image_size,
-            cfg.data.target_mpp,
-            cfg.data.tissue_threshold,
-            max_patches=cam_patches,
-            seed=cfg.trainer.seed,
-        )
-        for i, row in enumerate(rows):
-            patch = read_patch(row, cfg.data.image_size)
-            image = model.inputs(torch.tensor(patch[None], device=rt.device))
-            cam = grad_cam(model.encoder, model.head, image, target_class=k)
-            written.append(save_cam_overlay(patch, cam, out_dir / f"{slide.stem}_cam{i}.png"))
+    out_dir = Path(out_dir or RunDir(run_dir).subfolder(HEATMAPS))
+    written = write_slide_heatmap(scores, out_dir, slide.stem, title, label)
+    if head.class_scores and cam_patches > 0:
+        for i, index in enumerate(np.argsort(-scores.scores.value, kind="stable")[:cam_patches]):
+            patch = read_patch(scores.rows[index], patches.size)
+            cam = grad_cam(model.encoder, head, model.inputs(torch.tensor(patch[None], device=dev)), target_class=k)
+            written.append(save_cam_panel(patch, cam, out_dir / f"{slide.stem}_cam{i}.png"))
     return written
+
+
+def _check_before_pretraining(cfg: RunConfig, plugins: PluginSet, prepared: PreparedData) -> None:
+    """What fine-tuning would refuse, refused before ``sassl run`` spends its pretraining: the
+    task's options, a dataset without the targets the task learns from, the stain target."""
+    plugins["task"].get(cfg.task.name).parse_options(cfg.task.options)
+    task_target_kind(cfg, plugins, prepared)
+    fit_stain_transform(cfg, plugins)
 
 
 def run(cfg: RunConfig, plugins: PluginSet | None = None) -> RunResult:
     """The whole job: pretrain → fine-tune → evaluate → report."""
     with _stage(cfg, plugins, "run") as (plugins, rt, run_dir, prepared):
+        _check_before_pretraining(cfg, plugins, prepared)
         pretrained = None
         if cfg.pretrain.steps > 0:
             pretrained = pretrain_stage(cfg, plugins, prepared, run_dir, rt).encoder_path

@@ -2,7 +2,8 @@
 
 Kept apart from the benchmark so that building the ``sassl`` parser imports no torch: the
 benchmark is imported only when the command runs. Config order: ``--preset`` → ``--config``
-files → flags → ``--set``.
+files → flags → ``--set``. ``--out`` must be a new or empty folder unless ``--resume`` continues
+the benchmark in it.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from sassl_core.app.outdir import check_out_dir
+from sassl_core.app.parsing import Parser, device, listing
 from sassl_core.config import RunConfig, deep_merge, parse_override, read_yaml, validate
 from sassl_core.errors import UserError
 
@@ -58,7 +61,11 @@ def add_bench_parser(sub) -> None:
     """Add ``bench stain-shift`` to the ``sassl`` sub-command parsers ``sub``."""
     bench = sub.add_parser("bench", help="benchmarks: stain shift vs stain normalisation, ablations")
     kinds = bench.add_subparsers(dest="bench", required=True)
-    p = kinds.add_parser("stain-shift", help="hold a centre out; compare SSL, SSL + stain normalisation and SASSL")
+    p = kinds.add_parser(
+        "stain-shift",
+        help="hold a centre out; compare SSL, SSL + stain normalisation and SASSL",
+        epilog="example:\n  sassl bench stain-shift --preset cpu --arms ssl,macenko,sassl --seeds 0,1,2 --out bench/cpu",
+    )
     a = p.add_argument
     a("--preset", choices=sorted(PRESETS), help="starting config (cpu: ~20 min on 2 CPU cores)")
     a(
@@ -84,8 +91,8 @@ def add_bench_parser(sub) -> None:
     )
     a("--sassl", choices=sorted(SWITCH), help="SASSL on every arm: on, off or both (replaces the arms' own)")
     a("--rl", choices=sorted(SWITCH), help="residual learning: on, off or both")
-    a("--ssl", type=_csv, help="SSL methods, comma-separated (an ablation axis)")
-    a("--backbone", type=_csv, help="backbones, comma-separated (an ablation axis)")
+    listing(a("--ssl", type=_csv, help="SSL methods, comma-separated (an ablation axis)"), "ssl")
+    listing(a("--backbone", type=_csv, help="backbones, comma-separated (an ablation axis)"), "backbone")
     a(
         "--held-out",
         metavar="SOURCE",
@@ -94,10 +101,15 @@ def add_bench_parser(sub) -> None:
     a("--steps", type=int, help="pretraining steps")
     a("--finetune-steps", type=int, help="fine-tuning steps")
     a("--image-size", type=int, help="patch side in pixels")
-    a("--device", choices=["auto", "cpu", "cuda"])
+    a("--device", type=device, help="auto, cpu, cuda, cuda:N or mps")
     a("--keep-checkpoints", action="store_true", help="keep every run's checkpoints (large)")
     a("--quiet", action="store_true", help="no progress lines")
-    a("--out", type=Path, required=True, help="benchmark folder")
+    a("--out", type=Path, required=True, help="benchmark folder (new or empty, unless --resume)")
+    a(
+        "--resume",
+        action="store_true",
+        help="continue the benchmark in --out: reuse every run that finished (its bench_result.json), rerun the others",
+    )
 
 
 def bench_config(args: argparse.Namespace) -> RunConfig:
@@ -118,8 +130,8 @@ def bench_config(args: argparse.Namespace) -> RunConfig:
             merged = deep_merge(merged, {section: {key: value}})
     for text in args.set:
         merged = deep_merge(merged, parse_override(text))
-    data = merged.get("data", {})
-    if data.get("dataset") == "restained" and not data.get("root"):
+    data = merged.get("data")
+    if isinstance(data, dict) and data.get("dataset") == "restained" and not data.get("root"):  # else validate() says
         merged = deep_merge(merged, {"data": FALLBACK_DATA})
     return validate(merged)
 
@@ -129,11 +141,17 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from sassl_core.app.bench import render_markdown, stain_shift_benchmark
     from sassl_core.plugins import default_plugins
 
+    cfg = bench_config(args)
+    check_out_dir(args.out, "--out")
+    if not args.resume and args.out.is_dir() and any(args.out.iterdir()):
+        raise UserError(
+            f"--out: {args.out} is not empty; expected a new or empty folder, or --resume to continue the benchmark in it"
+        )
     plugins = default_plugins()
     for failure in plugins.failures:
         print(f"warning: {failure.message()}", file=sys.stderr)
     report = stain_shift_benchmark(
-        bench_config(args),
+        cfg,
         args.out,
         args.seeds,
         args.arms,
@@ -153,7 +171,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m sassl_core.app.bench_cli stain-shift ...`` (the same as ``sassl bench stain-shift``)."""
-    parser = argparse.ArgumentParser(prog="sassl")
+    parser = Parser(prog="sassl")
     add_bench_parser(parser.add_subparsers(dest="command", required=True))
     try:
         return cmd_bench(parser.parse_args(["bench", *(argv if argv is not None else sys.argv[1:])]))

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import contextlib
+import inspect
 import os
 import random
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
 import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 
 from sassl_core.errors import UserError
 
@@ -34,11 +37,20 @@ class Runtime:
 
 
 def pick_device(choice: str) -> torch.device:
-    if choice == "cuda" and not torch.cuda.is_available():
-        raise UserError("trainer.device: 'cuda' requested but no CUDA device is available")
+    """The device ``trainer.device`` names: ``auto`` (CUDA if there is one, else CPU), ``cpu``,
+    ``cuda``, ``cuda:N`` or ``mps``; one that this machine lacks is a :class:`UserError`."""
     if choice == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(choice)
+    device = torch.device(choice)
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise UserError(f"trainer.device: expected a CUDA device for {choice!r}, found none on this machine")
+        if device.index is not None and device.index >= count:
+            raise UserError(f"trainer.device: expected cuda:0 to cuda:{count - 1}, found {choice!r}")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise UserError(f"trainer.device: expected an Apple MPS device for {choice!r}, found none on this machine")
+    return device
 
 
 def init_runtime(device_choice: str) -> Runtime:
@@ -102,3 +114,53 @@ def prepare_model(model: ModelT, rt: Runtime, sync_bn: bool, channels_last: bool
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model = model.to(rt.device)
     return model.to(memory_format=torch.channels_last) if channels_last else model
+
+
+@contextlib.contextmanager
+def in_turn(rt: Runtime) -> Iterator[None]:
+    """Run the body on rank 0 first, then on the first process of every other node, then on the
+    rest (two barriers): what rank 0 writes into a folder all nodes share (the patch cache), the
+    others find and open; a node-local folder is written once per node. Never two at once."""
+    if not rt.distributed:
+        yield
+        return
+    first, node_first = rt.rank == 0, rt.rank != 0 and rt.local_rank == 0
+    if not first:
+        dist.barrier()
+    if not (first or node_first):
+        dist.barrier()
+    yield
+    if first:
+        dist.barrier()
+    if first or node_first:
+        dist.barrier()
+
+
+def replicate(module: torch.nn.Module, rt: Runtime, find_unused: bool = False) -> torch.nn.Module:
+    """``module`` wrapped in :class:`DistributedDataParallel` when a process group is up (torchrun
+    with more than one process, or a benchmark's one-process group), else ``module`` itself.
+
+    DDP averages the gradients of the parameters that require one in ~25 MiB buckets, each
+    all-reduced as soon as backward has produced it, so communication overlaps the rest of the
+    backward pass. Parameters without gradients (momentum targets, frozen encoders) take no part.
+    Buffers are not synchronised at each forward pass: each process keeps its own BatchNorm
+    statistics, as without DDP (``trainer.sync_bn`` shares them). The wrapper is only for
+    calling: state dicts, optimisers and exports use ``module`` itself, so no key gains a
+    ``module.`` prefix. ``find_unused``: some trainable parameters may take no part in a step's
+    loss (DDP then searches the graph after every forward pass for them).
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        return module
+    device_ids = None
+    if rt.device.type == "cuda":
+        device_ids = [rt.device.index if rt.device.index is not None else torch.cuda.current_device()]
+    return DistributedDataParallel(module, device_ids=device_ids, find_unused_parameters=find_unused, **_NO_BUFFER_SYNC)
+
+
+# torch 2.14 renamed ``broadcast_buffers``; the new flag still syncs buffers once at wrapping,
+# harmless here: every process seeds the same initial weights and statistics
+_NO_BUFFER_SYNC: dict[str, Any] = (
+    {"forward_sync_buffers": False}
+    if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
+    else {"broadcast_buffers": False}
+)

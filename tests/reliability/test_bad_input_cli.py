@@ -101,11 +101,13 @@ BAD_SLIDES = {
     "missing slide file": (lambda folder, good: folder / "missing.svs", "missing.svs: file not found"),
     "truncated TIFF": (_truncated_tiff, "cut.tiff: unreadable image"),
     "truncated SVS": (_truncated_svs, "cut.svs: unreadable slide (OpenSlide cannot read this .svs file"),
-    "SVS with corrupt tiles": (_svs_with_corrupt_tiles, "zeroed.svs: unreadable slide thumbnail"),
     "format OpenSlide cannot read": (_unknown_format, "slide.gif: unsupported format (not a slide OpenSlide reads"),
     "text file named .tif": (_text_as_tiff, "notes.tif: unreadable image (TiffFileError"),
     "slide with no tissue": (_no_tissue, "glass.tiff: no tissue found"),
-    "slide with no MPP and no --mpp": (_no_mpp, "nompp.tiff: no resolution (openslide.mpp-x) in the file; pass --mpp"),
+    "slide with no MPP and no --fallback-mpp": (
+        _no_mpp,
+        "nompp.tiff: no resolution (openslide.mpp-x) in the file; pass --fallback-mpp",
+    ),
     "image smaller than the patch": (_too_small, "small.tiff: image (40x40) is smaller than the patch (64 px"),
 }
 
@@ -119,6 +121,16 @@ def test_bad_slide_is_one_error_line_and_writes_nothing(tmp_path, good_slide, ca
     assert_user_error(result, message)
     assert not out.exists()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no staging left
+
+
+def test_svs_with_corrupt_tiles_fails_where_its_patches_are_read(tmp_path):
+    # tissue is found on the file's own thumbnail image, so level-0 tiles are first decoded
+    # when patches are read: by --save-tiles here, by the patch cache in a training run
+    slide = _svs_with_corrupt_tiles(tmp_path, None)
+    out = tmp_path / "tiles"
+    result = cli("tile", slide, "--out", out, "--strict", "--save-tiles", "--max-per-slide", 3, *TILE)
+    assert_user_error(result, "zeroed.svs: unreadable region at (")
+    assert not out.exists() and [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
 
 def test_without_strict_a_lone_bad_slide_still_fails_and_names_it(tmp_path):
@@ -153,14 +165,59 @@ def test_bad_slides_among_many_are_skipped_and_listed(tmp_path, good_slide):
     for item in summary["skipped"]:
         assert f"skipped {item['file']}: {item['reason']}" in result.err  # reported on the console too
     assert sorted(p.name for p in (out / "masks").iterdir()) == [
-        "glass_tissue.png",
-        "good_tissue.png",
-        "small_tissue.png",
+        "glass_mask.png",
+        "glass_tiles.png",
+        "good_mask.png",
+        "good_tiles.png",
+        "small_mask.png",
+        "small_tiles.png",
     ]
 
     strict = cli("tile", folder, "--out", tmp_path / "strict", "--patch-size", 64, "--strict")
     assert_user_error(strict, "cut.tiff: unreadable image")
     assert not (tmp_path / "strict").exists()
+
+
+TILE_FLAGS = {
+    "--mpp inf": (["--mpp", "inf"], "argument --mpp: expected a number > 0, found 'inf'"),
+    "--mpp nan": (["--mpp", "nan"], "argument --mpp: expected a number > 0, found 'nan'"),
+    "--mpp 0": (["--mpp", "0"], "argument --mpp: expected a number > 0, found '0'"),
+    "--mpp -0.5": (["--mpp=-0.5"], "argument --mpp: expected a number > 0, found '-0.5'"),
+    "--mpp with --magnification": (["--mpp", "0.5", "--magnification", "20x"], "not allowed with argument"),
+    "--magnification 20y": (["--magnification", "20y"], "expected a magnification such as 10x, 20x or 40x"),
+    "--fallback-mpp inf": (["--fallback-mpp", "inf"], "argument --fallback-mpp: expected a number > 0"),
+    "--max-per-slide -1": (["--max-per-slide", "-1"], "argument --max-per-slide: expected a whole number >= 0"),
+    "--tissue-threshold 1.5": (["--tissue-threshold", "1.5"], "expected a number from 0 to 1, found '1.5'"),
+    "--workers 0": (["--workers", "0"], "argument --workers: expected a whole number >= 1, found '0'"),
+}
+
+
+@pytest.mark.parametrize("case", list(TILE_FLAGS))
+def test_bad_tile_option_is_one_line(tmp_path, good_slide, case):
+    flags, message = TILE_FLAGS[case]
+    result = cli("tile", good_slide, "--out", tmp_path / "tiles", *flags, *TILE)
+    assert_user_error(result, message)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_tile_out_that_is_a_file_or_lies_under_one(tmp_path, good_slide):
+    (tmp_path / "notes.txt").write_text("x")
+    result = cli("tile", good_slide, "--out", tmp_path / "notes.txt", *TILE)
+    assert_user_error(result, "notes.txt: expected a folder for the output, found one that is a file")
+    result = cli("tile", good_slide, "--out", tmp_path / "notes.txt" / "tiles", *TILE)
+    assert_user_error(result, "notes.txt/tiles: expected a folder for the output, found one that lies under the file")
+    result = cli("tile", good_slide, "--out", "/proc/no-such-folder/tiles", *TILE)
+    assert_user_error(result, "/proc/no-such-folder/tiles: the output folder cannot be created (")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+
+
+def test_tiff_declaring_a_huge_image_is_refused_before_decoding(tmp_path):
+    from tests.wsi.test_wsi_reader import tiff_declaring
+
+    bomb = tiff_declaring(tmp_path / "bomb.tif", 20000, 20000)
+    result = cli("tile", bomb, "--out", tmp_path / "tiles", "--fallback-mpp", 0.5, "--strict", *TILE)
+    assert_user_error(result, "bomb.tif: image declares 20000x20000 = 400000000 pixels, more than the limit")
+    assert not (tmp_path / "tiles").exists()
 
 
 # --- dataset label files and annotations: `sassl pretrain --dataset ...` --------------------
@@ -267,7 +324,7 @@ def test_missing_data_root(tmp_path):
         ("trainer.foo=1", "config field trainer.foo: Extra inputs are not permitted (found 1)"),
         ("pretrain.steps=abc", "config field pretrain.steps: Input should be a valid integer"),
         ("sassl.lam=-1", "config field sassl.lam: Input should be greater than or equal to 0 (found -1)"),
-        ("trainer.device=tpu", "config field trainer.device: Input should be 'auto', 'cpu' or 'cuda' (found 'tpu')"),
+        ("trainer.device=tpu", "config field trainer.device: expected auto, cpu, cuda, cuda:N or mps, found 'tpu'"),
         ("nosuchsection.x=1", "config field nosuchsection: Extra inputs are not permitted"),
         ("novalue", "--set 'novalue': expected KEY=VALUE"),
     ],
@@ -309,7 +366,7 @@ def test_config_file_missing(tmp_path):
     [
         (
             ["--dataset", "pandas"],
-            "unknown dataset 'pandas'; available: breastpathq, camelyon16, panda, restained, synthetic, tcga",
+            "unknown dataset 'pandas'; available: breastpathq, camelyon16, folder, panda, restained, synthetic, table, tcga",
         ),
         (["--backbone", "resnet19"], "unknown backbone 'resnet19'; available: "),
         (["--backbone", "timm:resnet19"], "unknown timm model 'resnet19'"),
@@ -394,27 +451,29 @@ def run_copy(tiny_run, tmp_path) -> Path:
 
 def test_resume_with_another_backbone(run_copy):
     result = cli("pretrain", "--steps", 2, "--out", run_copy, *TINY, "--resume", "--backbone", "efficientnet_b0")
+    assert_user_error(result, "config.yaml: --resume with settings other than the run's: backbone.name")
+    changed = ["--resume-with-changes", "--backbone", "efficientnet_b0"]
+    result = cli("pretrain", "--steps", 2, "--out", run_copy, *TINY, *changed)
     assert_user_error(
         result, "checkpoints/pretrain_last.pt: does not fit this run's ssl (another backbone, method or task?)"
     )
 
 
-def test_refused_resume_keeps_the_runs_config(run_copy):
+@pytest.mark.parametrize("resume", ["--resume", "--resume-with-changes"])
+def test_refused_resume_keeps_the_runs_config(run_copy, resume):
     before = (run_copy / "config.yaml").read_text()
-    assert (
-        cli("pretrain", "--steps", 2, "--out", run_copy, *TINY, "--resume", "--backbone", "efficientnet_b0").status == 2
-    )
+    assert cli("pretrain", "--steps", 2, "--out", run_copy, *TINY, resume, "--backbone", "efficientnet_b0").status == 2
     assert (run_copy / "config.yaml").read_text() == before
 
 
 def test_resume_finetuning_with_another_task(run_copy):
-    result = cli("finetune", "--finetune-steps", 2, "--out", run_copy, *TINY, "--resume", "--task", "reg")
+    result = cli("finetune", "--finetune-steps", 2, "--out", run_copy, *TINY, "--resume-with-changes", "--task", "reg")
     assert_user_error(result, "checkpoints/finetune_last.pt: does not fit this run's model")
 
 
 def test_evaluate_with_another_task(tiny_run):
     result = cli("evaluate", "--out", tiny_run, *TINY, "--task", "reg")
-    assert_user_error(result, "finetune_last.pt: does not fit backbone 'resnet18' / task 'reg'")
+    assert_user_error(result, "finetune_best.pt: does not fit backbone 'resnet18' / task 'reg'")
 
 
 def test_pretrained_encoder_of_another_backbone(tmp_path):
