@@ -8,7 +8,10 @@ at least 50% tissue (no per-slide limit).
 
 * sassl: ``tile_to_folder`` (what ``sassl tile --max-per-slide 0 --save-tiles`` runs) with
   ``workers`` 1 and 2: tissue mask, patch grid, mask and overlay PNGs, ``patches.csv`` and every
-  patch decoded and written as a PNG file. A second row leaves out the patch files (index only).
+  patch decoded and written as a PNG (or, ``--tile-format jpg``, JPEG) file. A row leaves out the
+  patch files (index only: no patch pixel is read). "read pixels": ``tile_slide`` and
+  ``read_patch`` of every kept patch into memory, nothing written, in 1 or 2 forked processes:
+  the tiatoolbox arm's work.
 * plain loop (written here, one process): ``OpenSlide.get_thumbnail``, Otsu on grey levels,
   the same grid, ``read_region`` of each kept patch into memory.
 * tiatoolbox (one process, as its examples run it): ``WSIReader.tissue_mask(method="otsu")``
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import platform
 import shutil
@@ -33,6 +37,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -44,7 +49,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from tiling import SHARED_SLIDE, generated_slide
 
 import sassl_core
-from sassl_core.wsi.tiling import TileOptions, tile_to_folder
+from sassl_core.wsi.cache import read_patch
+from sassl_core.wsi.reader import open_slide
+from sassl_core.wsi.tiling import TileOptions, tile_slide, tile_to_folder
 
 
 def plain_loop(slides: list[Path], patch_size: int, mpp: float, threshold: float) -> int:
@@ -99,17 +106,43 @@ def tiatoolbox_job(slides: list[Path], patch_size: int, mpp: float, threshold: f
     return count
 
 
-def sassl_job(slides: list[Path], patch_size: int, mpp: float, threshold: float, workers: int, files: bool) -> int:
+def sassl_pixels_one(path: Path, patch_size: int, mpp: float, threshold: float) -> int:
+    """sassl's tissue mask and patch grid of one slide, every kept patch read into memory."""
+    with open_slide(path) as reader:
+        rows = tile_slide(reader, patch_size, mpp, threshold, max_patches=0)
+    for row in rows:
+        read_patch(row, patch_size)
+    return len(rows)
+
+
+def sassl_pixels(slides: list[Path], patch_size: int, mpp: float, threshold: float, workers: int) -> int:
+    """:func:`sassl_pixels_one` of each slide, in ``workers`` forked processes (the same work as
+    the tiatoolbox arm, which also keeps pixels in memory and writes nothing)."""
+    job = partial(sassl_pixels_one, patch_size=patch_size, mpp=mpp, threshold=threshold)
+    if workers == 1:
+        return sum(map(job, slides))
+    with multiprocessing.get_context("fork").Pool(workers) as pool:
+        return sum(pool.map(job, slides, chunksize=1))
+
+
+def sassl_job(
+    slides: list[Path], patch_size: int, mpp: float, threshold: float, workers: int, files: bool, fmt: str = "png"
+) -> int:
     """``tile_to_folder`` of the slides' folder (what ``sassl tile`` runs); returns patches kept."""
-    options = TileOptions(patch_size, mpp, tissue_threshold=threshold, max_per_slide=0, save_tiles=files)
+    options = TileOptions(
+        patch_size, mpp, tissue_threshold=threshold, max_per_slide=0, save_tiles=files, tile_format=fmt
+    )
     out = slides[0].parent.parent / "out"
     shutil.rmtree(out, ignore_errors=True)
     return tile_to_folder([slides[0].parent], out, options, workers=workers)["patches"]
 
 
 JOBS: dict[str, Callable[..., int]] = {
+    "sassl read pixels, 2 processes": lambda *a: sassl_pixels(*a, workers=2),
+    "sassl read pixels, 1 process": lambda *a: sassl_pixels(*a, workers=1),
     "sassl tile --save-tiles, workers=2": lambda *a: sassl_job(*a, workers=2, files=True),
     "sassl tile --save-tiles, workers=1": lambda *a: sassl_job(*a, workers=1, files=True),
+    "sassl tile --save-tiles jpg, workers=2": lambda *a: sassl_job(*a, workers=2, files=True, fmt="jpg"),
     "sassl tile (index only), workers=2": lambda *a: sassl_job(*a, workers=2, files=False),
     "plain OpenSlide + Otsu loop": plain_loop,
     "tiatoolbox tissue_mask + PatchExtractor": tiatoolbox_job,

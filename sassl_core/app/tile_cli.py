@@ -13,18 +13,9 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from sassl_core.app.parsing import positive
+from sassl_core.app.parsing import magnification, positive
 
 DEFAULT_MPP = 0.5
-
-
-def magnification(text: str) -> float:
-    """An objective magnification such as ``20x`` or ``40`` (> 0)."""
-    number = text[:-1] if text.lower().endswith("x") else text
-    try:
-        return positive(number)
-    except argparse.ArgumentTypeError:
-        raise argparse.ArgumentTypeError(f"expected a magnification such as 10x, 20x or 40x, found {text!r}") from None
 
 
 def fraction(text: str) -> float:
@@ -72,7 +63,10 @@ def add_tile_parser(sub) -> None:
     p.add_argument("--max-per-slide", type=whole(0), default=100, help="patches kept per slide, 0 for all")
     p.add_argument("--tissue-threshold", type=fraction, default=0.5, help="least tissue fraction of a kept patch")
     p.add_argument("--overlap", type=whole(0), default=0, help="pixels shared by neighbouring patches")
-    p.add_argument("--save-tiles", action="store_true", help="also write each kept patch as tiles/<slide>/<x>_<y>.png")
+    p.add_argument(
+        "--save-tiles", action="store_true", help="also write each kept patch as tiles/<slide>/<x>_<y>.png (or .jpg)"
+    )
+    p.add_argument("--tile-format", choices=("png", "jpg"), default="png", help="file type of --save-tiles' tiles")
     p.add_argument("--workers", type=whole(1), help="slides tiled in parallel (default: the number of cores)")
     p.add_argument("--strict", action="store_true", help="a bad slide is fatal instead of skipped")
     p.add_argument("--overwrite", action="store_true", help="replace a tiling already in --out")
@@ -93,6 +87,7 @@ def cmd_tile(args: argparse.Namespace) -> int:
         overlap=args.overlap,
         seed=args.seed,
         save_tiles=args.save_tiles,
+        tile_format=args.tile_format,
     )
     workers = args.workers or len(os.sched_getaffinity(0))
     progress, close = _progress(args.quiet)

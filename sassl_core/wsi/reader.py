@@ -141,14 +141,16 @@ class OpenSlideReader(SlideReader):
         return np.asarray(image.convert("RGB"))
 
     def overview(self, max_side):
-        """The file's own thumbnail image (an SVS stores one) when it shows the whole slide at a
-        scale within 2x of ``max_side``: no pyramid level is decoded, which on a single-level
-        slide would mean the whole scan."""
+        """The file's own thumbnail image (an SVS stores one) when it shows the whole slide at
+        ``max_side / 2`` or more pixels a side (shrunk to ``max_side`` when larger): no pyramid
+        level is decoded, which on a single-level slide would mean the whole scan."""
         stored = self._slide.associated_images.get("thumbnail") if max_side > 1 else None
         if stored is not None:
             (w, h), (sw, sh) = self.dimensions, stored.size
-            if max_side / 2 <= max(sw, sh) <= max_side and abs(sw / sh - w / h) <= 0.02 * w / h:
-                return np.asarray(stored.convert("RGB"))
+            if max_side / 2 <= max(sw, sh) and abs(sw / sh - w / h) <= 0.02 * w / h:
+                stored = stored.convert("RGB")
+                stored.thumbnail((max_side, max_side), Image.Resampling.BOX)
+                return np.asarray(stored)
         return self.thumbnail(max_side)
 
     def _thumbnail_by_blocks(self, level: int, max_side: int) -> np.ndarray:

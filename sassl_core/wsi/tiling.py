@@ -11,6 +11,7 @@ time) into a folder holding ``patches.csv``, ``summary.json`` and per-slide mask
 
 from __future__ import annotations
 
+import errno
 import json
 import multiprocessing
 import os
@@ -19,18 +20,20 @@ import signal
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Generator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image
 
 import sassl_core
 from sassl_core.errors import SasslError, UserError
-from sassl_core.files import atomic_write, atomic_write_text
+from sassl_core.files import atomic_write_text
 from sassl_core.wsi.patches import PatchTable
 from sassl_core.wsi.reader import SlideReader, open_slide
 from sassl_core.wsi.tissue import TissueMask, detect_tissue, save_mask, save_overlay
@@ -40,6 +43,12 @@ SLIDE_SUFFIXES = {
     ".png", ".jpg", ".jpeg",
 }  # fmt: skip
 MPP_TOLERANCE = 1.02  # a level within 2% of the target counts as the target (scanner rounding)
+MASK_PX_PER_PATCH = 8  # tissue-mask pixels along a patch side: fractions to 1/64 of a patch
+MASK_SIDE = (256, 1024)  # bounds of the mask's longest side (the overlay stays legible)
+TILE_FORMATS: dict[str, Callable[[Image.Image, BinaryIO], None]] = {  # --save-tiles encoders
+    "png": partial(Image.Image.save, format="PNG", compress_level=1),  # lossless, fast zlib level
+    "jpg": partial(Image.Image.save, format="JPEG", quality=90),
+}
 
 
 def choose_level(reader: SlideReader, target_mpp: float, patch_size: int) -> tuple[int, int]:
@@ -53,6 +62,15 @@ def choose_level(reader: SlideReader, target_mpp: float, patch_size: int) -> tup
     levels = [lv for lv in range(reader.level_count) if reader.level_mpp(lv) <= target_mpp * MPP_TOLERANCE]
     level = max(levels, key=reader.level_mpp) if levels else 0
     return level, max(1, round(patch_size * target_mpp / reader.level_mpp(level)))
+
+
+def mask_side(reader: SlideReader, target_mpp: float, patch_size: int) -> int:
+    """Longest side of the tissue mask for a patch grid: :data:`MASK_PX_PER_PATCH` mask pixels
+    per patch side, within :data:`MASK_SIDE`. Detection time grows with the square of the side,
+    while a finer mask only places tissue borders more exactly within a patch."""
+    level, read_size = choose_level(reader, target_mpp, patch_size)
+    size0 = read_size * reader.level_downsamples[level]
+    return int(np.clip(np.ceil(MASK_PX_PER_PATCH * max(reader.dimensions) / size0), *MASK_SIDE))
 
 
 def tile_slide(
@@ -91,7 +109,7 @@ def tile_slide(
     mesh_x, mesh_y = np.meshgrid(gx, gy)
     grid_x, grid_y = mesh_x.ravel(), mesh_y.ravel()
     xs, ys = np.floor(grid_x * step0).astype(np.int64), np.floor(grid_y * step0).astype(np.int64)
-    tissue = tissue if tissue is not None else detect_tissue(reader)
+    tissue = tissue if tissue is not None else detect_tissue(reader, mask_side(reader, target_mpp, patch_size))
     keep = np.flatnonzero(tissue.fraction(xs, ys, size0) >= tissue_threshold)
     if keep.size == 0:
         raise UserError(
@@ -136,7 +154,8 @@ class TileOptions:
     """Parameters of a tiling run (all recorded in ``summary.json``).
 
     ``magnification`` is recorded only (``target_mpp`` = 10 / magnification was derived from it);
-    ``max_per_slide`` 0 keeps every tissue patch; ``fallback_flag`` names the option that sets
+    ``max_per_slide`` 0 keeps every tissue patch; ``tile_format`` (:data:`TILE_FORMATS`) is the
+    file type of ``save_tiles``' tiles; ``fallback_flag`` names the option that sets
     ``fallback_mpp`` in error messages.
     """
 
@@ -149,7 +168,12 @@ class TileOptions:
     overlap: int = 0
     seed: int = 0
     save_tiles: bool = False
+    tile_format: str = "png"
     fallback_flag: str = "--fallback-mpp"
+
+    def __post_init__(self) -> None:
+        if self.tile_format not in TILE_FORMATS:
+            raise UserError(f"tile format: expected {' or '.join(TILE_FORMATS)}, found {self.tile_format!r}")
 
 
 class TilingInterrupted(SasslError):
@@ -205,12 +229,12 @@ def tile_to_folder(
     """Tile every slide of ``paths`` (files or folders) into ``out``.
 
     Writes ``out/patches.csv`` (a :class:`PatchTable`: absolute slide paths; source and slide_id
-    = slide file stem; split 'train'), per slide ``out/masks/<stem>_mask.png`` (tissue 255,
-    glass 0, thumbnail scale) and ``out/masks/<stem>_tiles.png`` (thumbnail, tissue tinted green,
-    kept patches outlined in blue), with ``save_tiles`` every kept patch as
-    ``out/tiles/<stem>/<x>_<y>.png``, and ``out/summary.json`` ``{sassl_version, parameters,
-    slides, patches, patches_per_slide, skipped: [{file, reason}], seconds}``. A slide that fails
-    is recorded in ``skipped`` (or, with ``strict``, its :class:`UserError` is raised).
+    = the slide id of :func:`slide_ids`; split 'train'), per slide ``out/masks/<name>_mask.png``
+    (``<name>`` = :func:`output_name` of the id; tissue 255, glass 0, mask scale) and
+    ``out/masks/<name>_tiles.png`` (thumbnail, tissue tinted green, kept patches outlined in
+    blue), with ``save_tiles`` every kept patch as ``out/tiles/<name>/<x>_<y>.<tile_format>``,
+    and ``out/summary.json`` ``{sassl_version, parameters, slides, patches, patches_per_slide,
+    skipped: [{file, reason}], seconds}``. A slide that fails is recorded in ``skipped`` (or, with ``strict``, its :class:`UserError` is raised).
 
     ``workers`` > 1 tiles slides in that many processes; results are merged in slide order, so
     the output does not depend on it. ``progress(done, total, file)`` is called after each slide.
@@ -239,6 +263,8 @@ def tile_to_folder(
             summary["seconds"] = round(time.perf_counter() - start, 3)
             PatchTable.from_rows(rows, options.patch_size).save(staging / "patches.csv")
             atomic_write_text(staging / "summary.json", json.dumps(summary, indent=2))
+            if options.save_tiles:
+                os.sync()  # the tiles, written without an fsync each, reach the disk before the move
             _move_into(staging, out)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
@@ -331,19 +357,15 @@ def _tile_all(
     rows: list[dict] = []
     per_slide: dict[str, int] = {}
     skipped: list[dict] = []
-    stems: set[str] = set()
-    duplicate = []
-    for path in slides:
-        duplicate.append(path.stem in stems)
-        stems.add(path.stem)
-    jobs = [path for path, dup in zip(slides, duplicate, strict=True) if not dup]
+    ids = slide_ids(slides)
+    jobs = [(path, slide_id) for path, slide_id in zip(slides, ids, strict=True) if slide_id is not None]
     results = _results(jobs, staging, options, workers)
     try:
-        for done, (path, dup) in enumerate(zip(slides, duplicate, strict=True), 1):
+        for done, (path, slide_id) in enumerate(zip(slides, ids, strict=True), 1):
             kept: list[dict]
             reason: str | None
-            if dup:
-                kept, reason = [], f"{path}: another slide is already named {path.stem!r} (stems identify slides)"
+            if slide_id is None:
+                kept, reason = [], f"{path}: expected each slide once, found this file again"
             else:
                 kept, reason = next(results)
             if reason is not None:
@@ -352,7 +374,7 @@ def _tile_all(
                 skipped.append({"file": str(path), "reason": reason})
             else:
                 rows += kept
-                per_slide[path.stem] = len(kept)
+                per_slide[str(slide_id)] = len(kept)
             if progress is not None:
                 progress(done, len(slides), str(path))
     finally:
@@ -361,18 +383,47 @@ def _tile_all(
     return rows, summary
 
 
+def slide_ids(slides: list[Path]) -> list[str | None]:
+    """The id of each slide: its file stem, or, for slides sharing a stem, its path relative to
+    the folder holding all slides, without the suffix (``centreA/s1``; with it where that is
+    shared too). None for a file listed a second time."""
+    full = [Path(os.path.abspath(p)) for p in slides]
+    unique = list(dict.fromkeys(full))
+    root = Path(os.path.commonpath([p.parent for p in unique])) if unique else Path("/")
+    stems = Counter(p.stem for p in unique)
+    relative = Counter(p.relative_to(root).with_suffix("").as_posix() for p in unique)
+    ids: list[str | None] = []
+    seen: set[Path] = set()
+    for path in full:
+        rel = path.relative_to(root).with_suffix("").as_posix()
+        if path in seen:
+            ids.append(None)
+        elif stems[path.stem] == 1:
+            ids.append(path.stem)
+        else:
+            ids.append(rel if relative[rel] == 1 else path.relative_to(root).as_posix())
+        seen.add(path)
+    return ids
+
+
+def output_name(slide_id: str) -> str:
+    """File-name form of a slide id: sub-folders joined by ``__`` (``centreA/s1`` → ``centreA__s1``)."""
+    return slide_id.replace("/", "__")
+
+
 def _results(
-    jobs: list[Path], staging: Path, options: TileOptions, workers: int
+    jobs: list[tuple[Path, str]], staging: Path, options: TileOptions, workers: int
 ) -> Generator[tuple[list[dict], str | None], None, None]:
-    """``tile_one_slide`` of each job, in order: in this process, or in ``workers`` worker
-    processes (closing the iterator cancels what has not started and waits for the rest)."""
+    """``tile_one_slide`` of each ``(path, slide_id)`` job, in order: in this process, or in
+    ``workers`` worker processes (closing the iterator cancels what has not started and waits
+    for the rest)."""
     if workers <= 1 or len(jobs) <= 1:
-        for path in jobs:
-            yield tile_one_slide(path, staging, options)
+        for path, slide_id in jobs:
+            yield tile_one_slide(path, staging, options, slide_id)
         return
     pool = ProcessPoolExecutor(min(workers, len(jobs)), mp_context=_start_method(), initializer=_worker_signals)
     try:
-        futures = [pool.submit(tile_one_slide, path, staging, options) for path in jobs]
+        futures = [pool.submit(tile_one_slide, path, staging, options, slide_id) for path, slide_id in jobs]
         for future in futures:
             yield future.result()
     finally:
@@ -394,14 +445,18 @@ def _worker_signals() -> None:
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
-def tile_one_slide(path: Path, staging: Path, options: TileOptions) -> tuple[list[dict], str | None]:
-    """Tile one slide, writing its masks (and tiles) under ``staging``: ``(rows, None)``, or
-    ``([], reason)`` when it is unusable. Runs in a worker process."""
+def tile_one_slide(
+    path: Path, staging: Path, options: TileOptions, slide_id: str | None = None
+) -> tuple[list[dict], str | None]:
+    """Tile one slide (``slide_id`` by default its stem), writing its masks (and tiles) under
+    ``staging``: ``(rows, None)``, or ``([], reason)`` when it is unusable. Runs in a worker
+    process."""
     path = Path(os.path.abspath(path))
-    stem = path.stem
+    slide_id = slide_id or path.stem
+    stem = output_name(slide_id)
     try:
         with open_slide(path, options.fallback_mpp, fallback_flag=options.fallback_flag) as reader:
-            tissue = detect_tissue(reader)
+            tissue = detect_tissue(reader, mask_side(reader, options.target_mpp, options.patch_size))
             thumb = tissue.thumbnail
             assert thumb is not None  # detect_tissue keeps the view it read
             save_mask(tissue.mask, staging / "masks" / f"{stem}_mask.png")
@@ -422,10 +477,10 @@ def tile_one_slide(path: Path, staging: Path, options: TileOptions) -> tuple[lis
             overlay = staging / "masks" / f"{stem}_tiles.png"
             save_overlay(thumb, tissue.mask, overlay, boxes=_boxes(reader, tissue, kept))
             if options.save_tiles:
-                _save_tiles(kept, options.patch_size, staging / "tiles" / stem)
+                _save_tiles(kept, options.patch_size, staging / "tiles" / stem, options.tile_format)
     except UserError as err:
         return [], str(err)
-    return [{**row, "source": stem, "slide_id": stem, "split": "train"} for row in kept], None
+    return [{**row, "source": slide_id, "slide_id": slide_id, "split": "train"} for row in kept], None
 
 
 def _boxes(reader: SlideReader, tissue: TissueMask, rows: list[dict]) -> np.ndarray:
@@ -437,10 +492,24 @@ def _boxes(reader: SlideReader, tissue: TissueMask, rows: list[dict]) -> np.ndar
     return corners / tissue.downsample
 
 
-def _save_tiles(rows: list[dict], patch_size: int, folder: Path) -> None:
-    """Each patch of ``rows`` as ``folder/<x>_<y>.png`` (``patch_size`` pixels a side)."""
+def _save_tiles(rows: list[dict], patch_size: int, folder: Path, fmt: str = "png") -> None:
+    """Each patch of ``rows`` as ``folder/<x>_<y>.<fmt>`` (``patch_size`` pixels a side).
+
+    ``folder`` lies in the run's private staging folder, which is moved into place only once
+    every slide is done, so tiles are written straight to their names (never through a link)
+    and :func:`tile_to_folder` syncs them all at once before that move, instead of an fsync and
+    a rename per tile (:func:`sassl_core.files.atomic_write`; ~4 ms a tile).
+    """
     from sassl_core.wsi.cache import read_patch  # cache builds on this module
 
-    for row in rows:
-        image = Image.fromarray(read_patch(row, patch_size))
-        atomic_write(folder / f"{row['x']}_{row['y']}.png", partial(image.save, format="PNG", compress_level=1))
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        for row in rows:
+            path = folder / f"{row['x']}_{row['y']}.{fmt}"
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+            with os.fdopen(fd, "wb") as fh:
+                TILE_FORMATS[fmt](Image.fromarray(read_patch(row, patch_size)), fh)
+    except OSError as err:
+        if err.errno != errno.ENOSPC:
+            raise
+        raise UserError(f"{folder}: expected free disk space to write the tiles, found the disk full") from None

@@ -129,7 +129,7 @@ def save_mask(mask: np.ndarray, path: str | Path) -> Path:
     """Write a boolean mask as a greyscale PNG, 255 for tissue and 0 for background."""
     path = Path(path)
     image = Image.fromarray(np.where(mask, 255, 0).astype(np.uint8), mode="L")
-    atomic_write(path, lambda tmp: image.save(tmp, format="PNG"))
+    atomic_write(path, lambda tmp: image.save(tmp, format="PNG", compress_level=1))
     return path
 
 

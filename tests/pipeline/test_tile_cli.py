@@ -117,3 +117,20 @@ def test_progress_bar_on_a_terminal(monkeypatch):
     close()
     assert "3/3" in terminal.getvalue() and "slide/s" in terminal.getvalue() and "s3.svs" in terminal.getvalue()
     assert _progress(quiet=True)[0] is None
+
+
+def test_tile_format_option_and_shared_magnification_type(tmp_path):
+    from sassl_core.app.cli import build_parser
+
+    slide = _blob_tiff(tmp_path)
+    sassl("tile", slide, "--out", tmp_path / "t", "--patch-size", 64, "--max-per-slide", 2, "--save-tiles")
+    sassl("tile", slide, "--out", tmp_path / "j", "--patch-size", 64, "--max-per-slide", 2, "--save-tiles",
+          "--tile-format", "jpg", "--quiet")  # fmt: skip
+    assert [p.suffix for p in (tmp_path / "t" / "tiles" / "slide").iterdir()] == [".png", ".png"]
+    assert [p.suffix for p in (tmp_path / "j" / "tiles" / "slide").iterdir()] == [".jpg", ".jpg"]
+    parser = build_parser()
+    for text in ("20x", "20", "20X"):
+        args = ["heatmap", "--checkpoint", "run", "--slide", "s.svs", "--magnification", text]
+        assert parser.parse_args(args).magnification == 20.0
+    bad = sassl("heatmap", "--checkpoint", "run", "--slide", "s.svs", "--magnification", "20y", check=False)
+    assert bad.status == 2 and "expected a magnification such as 10x, 20x or 40x, found '20y'" in bad.err

@@ -236,6 +236,7 @@ def test_overview_of_an_svs_is_its_stored_thumbnail(cmu_slide, monkeypatch):
         view = reader.overview(1024)
         assert view.shape == (768, 574, 3)
         assert reader.overview(1536).shape == (768, 574, 3)  # within 2x of the size asked for
+        assert max(reader.overview(256).shape) == 256  # a smaller view is the stored one shrunk
         with pytest.raises(LookupError, match="decoded a level"):
             reader.overview(2048)  # too coarse for this request: read from the pyramid
 

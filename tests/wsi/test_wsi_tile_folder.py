@@ -1,6 +1,7 @@
 """Tiling many slides into a folder: outputs, own outputs never re-tiled, output folder checks,
 interruption, stale staging and parallel workers."""
 
+import errno
 import json
 import multiprocessing
 import os
@@ -51,7 +52,7 @@ def test_masks_overlay_tiles_and_every_parameter(tmp_path, blob_slide):
 
     assert set(summary["parameters"]) == {
         "patch_size", "target_mpp", "magnification", "fallback_mpp", "max_per_slide", "tissue_threshold",
-        "overlap", "seed", "save_tiles", "workers",
+        "overlap", "seed", "save_tiles", "tile_format", "workers",
     }  # fmt: skip
     assert summary["parameters"]["magnification"] == 20.0 and summary["sassl_version"]
 
@@ -132,17 +133,73 @@ def test_workers_give_the_same_tiling_in_slide_order(tmp_path, blob_slide, monke
         shutil.copy(blob_slide.path, folder / f"{name}.tiff")
     (folder / "bad.svs").write_bytes(b"not a slide")
     (folder / "sub").mkdir()
-    shutil.copy(blob_slide.path, folder / "sub" / "a.tiff")  # a second slide named 'a'
+    shutil.copy(blob_slide.path, folder / "sub" / "a.tiff")  # a second slide with the stem 'a'
     options = TileOptions(patch_size=32, max_per_slide=7)
     one = tile_to_folder([folder], tmp_path / "one", options, workers=1)
     two = tile_to_folder([folder], tmp_path / "two", options, workers=2)
     assert (tmp_path / "one" / "patches.csv").read_text() == (tmp_path / "two" / "patches.csv").read_text()
     for summary in (one, two):
         del summary["seconds"], summary["parameters"]["workers"]
-    assert one == two and list(one["patches_per_slide"]) == ["a", "b", "c"]
-    assert [s["file"].split("/")[-1] for s in one["skipped"]] == ["bad.svs", "a.tiff"]
-    assert "another slide is already named 'a'" in one["skipped"][1]["reason"]
+    assert one == two and list(one["patches_per_slide"]) == ["a", "b", "c", "sub/a"]
+    assert [s["file"].split("/")[-1] for s in one["skipped"]] == ["bad.svs"]
     assert json.loads((tmp_path / "two" / "summary.json").read_text())["parameters"]["workers"] == 2
     with pytest.raises(UserError, match="bad.svs: unreadable slide"):
         tile_to_folder([folder], tmp_path / "strict", options, workers=2, strict=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in", "one", "two"]
+
+
+def test_slides_sharing_a_stem_in_sub_folders_are_all_tiled(tmp_path, blob_slide):
+    root = tmp_path / "myslides"
+    for centre in ("centreA", "centreB"):
+        (root / centre).mkdir(parents=True)
+        shutil.copy(blob_slide.path, root / centre / "s1.tiff")
+    shutil.copy(blob_slide.path, root / "centreA" / "s2.tiff")
+    options = TileOptions(patch_size=32, max_per_slide=3, save_tiles=True)
+    summary = tile_to_folder([root, root / "centreA" / "s2.tiff"], tmp_path / "out", options)
+    assert summary["patches_per_slide"] == {"centreA/s1": 3, "s2": 3, "centreB/s1": 3}
+    assert [s["reason"] for s in summary["skipped"]] == [
+        f"{root / 'centreA' / 's2.tiff'}: expected each slide once, found this file again"
+    ]
+    table = PatchTable.load(tmp_path / "out" / "patches.csv")
+    assert list(table["slide_id"]) == list(table["source"])
+    assert sorted(set(table["slide_id"])) == ["centreA/s1", "centreB/s1", "s2"]
+    masks = sorted(p.name for p in (tmp_path / "out" / "masks").iterdir())
+    assert masks == [f"{n}_{k}.png" for n in ("centreA__s1", "centreB__s1", "s2") for k in ("mask", "tiles")]
+    assert sorted(p.name for p in (tmp_path / "out" / "tiles").iterdir()) == ["centreA__s1", "centreB__s1", "s2"]
+
+
+def test_slide_ids_keep_the_suffix_only_where_the_stem_path_is_shared(tmp_path):
+    paths = [
+        tmp_path / "a" / "s1.svs",
+        tmp_path / "a" / "s1.tiff",
+        tmp_path / "b" / "s1.svs",
+        tmp_path / "b" / "s2.svs",
+    ]
+    assert tiling.slide_ids([*paths, paths[3]]) == ["a/s1.svs", "a/s1.tiff", "b/s1", "s2", None]
+    assert tiling.output_name("a/s1.svs") == "a__s1.svs"
+
+
+def test_tiles_as_jpeg_synced_once_and_an_unknown_format(tmp_path, blob_slide, monkeypatch):
+    syncs = []
+    monkeypatch.setattr(tiling.os, "sync", lambda: syncs.append(sorted(tmp_path.glob(".out.partial-*/tiles/*/*"))))
+    options = TileOptions(patch_size=32, max_per_slide=4, save_tiles=True, tile_format="jpg")
+    summary = tile_to_folder([blob_slide.path], tmp_path / "out", options)
+    assert len(syncs) == 1 and len(syncs[0]) == 4  # one sync, of the staged tiles, before the move
+    tiles = sorted((tmp_path / "out" / "tiles" / "blob").iterdir())
+    assert summary["parameters"]["tile_format"] == "jpg" and len(tiles) == 4
+    assert all(p.suffix == ".jpg" for p in tiles)  # no temporary files left beside them
+    with Image.open(tiles[0]) as first:
+        assert first.format == "JPEG" and first.size == (32, 32)
+    with pytest.raises(UserError, match="tile format: expected png or jpg, found 'tif'"):
+        TileOptions(tile_format="tif")
+
+
+def test_a_full_disk_while_writing_tiles_is_one_line_and_writes_nothing(tmp_path, blob_slide, monkeypatch):
+    def full(image, fh):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setitem(tiling.TILE_FORMATS, "png", full)
+    options = TileOptions(patch_size=32, max_per_slide=2, save_tiles=True)
+    with pytest.raises(UserError, match="blob: expected free disk space to write the tiles, found the disk full"):
+        tile_to_folder([blob_slide.path], tmp_path / "out", options, strict=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []

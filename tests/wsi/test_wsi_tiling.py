@@ -6,7 +6,8 @@ import pytest
 from sassl_core.errors import UserError
 from sassl_core.wsi.patches import PatchTable
 from sassl_core.wsi.reader import open_slide
-from sassl_core.wsi.tiling import TileOptions, choose_level, tile_slide, tile_to_folder
+from sassl_core.wsi.tiling import TileOptions, choose_level, mask_side, tile_slide, tile_to_folder
+from sassl_core.wsi.tissue import detect_tissue
 
 
 def test_choose_level_prefers_least_resampling(blob_slide):
@@ -106,3 +107,20 @@ def test_real_svs_keeps_tissue_drops_background(cmu_slide):
     dropped_s = [s for k, s in saturation.items() if k not in kept]
     assert min(kept_s) > 0.1 and np.median(dropped_s) < 0.06
     assert saturation[0, 0] < 0.06 and (0, 0) not in kept  # top-left corner is glass
+
+
+@pytest.mark.parametrize("slide, patch_size, agreement", [("blob", 32, 1.0), ("cmu", 224, 0.95)])
+def test_mask_tied_to_the_patch_grid_keeps_the_same_patches(request, slide, patch_size, agreement):
+    """A mask of 8 pixels per patch side (within 256-1024) instead of the finest 1024-px one."""
+    path = request.getfixturevalue("blob_slide").path if slide == "blob" else request.getfixturevalue("cmu_slide")
+    with open_slide(path) as reader:
+        side = mask_side(reader, 0.5, patch_size)
+        coarse = {(r["x"], r["y"]) for r in tile_slide(reader, patch_size, 0.5, max_patches=0)}
+        fine = {(r["x"], r["y"]) for r in tile_slide(reader, patch_size, 0.5, 0.5, 0, tissue=detect_tissue(reader))}
+    assert side == 256 and len(coarse & fine) / len(coarse | fine) >= agreement
+
+
+def test_mask_side_follows_the_patch_size_within_bounds(blob_slide):
+    with open_slide(blob_slide.path) as reader:  # 1024 px at 0.25 µm/px
+        assert mask_side(reader, 0.25, 16) == 512  # 8 mask px per 16-px patch side
+        assert mask_side(reader, 0.25, 4) == 1024 and mask_side(reader, 0.5, 32) == 256
