@@ -421,7 +421,7 @@ def synthetic_patch_cache(folder: Path, sources: int, per_source: int, patch_siz
     from slides."""
     import numpy as np
 
-    from sassl_core.wsi.cache import FORMAT, PatchCache, table_fingerprint
+    from sassl_core.wsi.cache import PatchCache, write_header
     from sassl_core.wsi.patches import PatchTable
 
     n = sources * per_source
@@ -447,14 +447,7 @@ def synthetic_patch_cache(folder: Path, sources: int, per_source: int, patch_siz
         images[start : start + 256] = rng.integers(0, 256, images[start : start + 256].shape, dtype=np.uint8)
     images.flush()
     del images
-    header = {
-        "format": FORMAT,
-        "count": n,
-        "patch_size": patch_size,
-        "with_masks": False,
-        "fingerprint": table_fingerprint(table),
-    }
-    (folder / "header.json").write_text(json.dumps(header))
+    write_header(folder, table, with_masks=False)
     return table, PatchCache.open(folder, table)
 
 

@@ -56,6 +56,21 @@ def file_digests(path: Path) -> list[str]:
     return digests
 
 
+def write_header(folder: Path, table: PatchTable, with_masks: bool) -> None:
+    """``folder/header.json`` for the pixel files already in ``folder``: format, size, the patch
+    table's fingerprint and each file's chunk digests (checked by :meth:`PatchCache.open`)."""
+    names = ["images.u8"] + (["masks.u8"] if with_masks else [])
+    header = {
+        "format": FORMAT,
+        "count": len(table),
+        "patch_size": table.patch_size,
+        "with_masks": with_masks,
+        "fingerprint": table_fingerprint(table),
+        "digests": {name: file_digests(Path(folder) / name) for name in names},
+    }
+    atomic_write_text(Path(folder) / "header.json", json.dumps(header, indent=2))
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -261,16 +276,7 @@ class PatchCache:
         tmp.mkdir(parents=True)
         try:
             _extract(table, tmp, with_masks, progress, workers)  # its memory maps are closed on return
-            names = ["images.u8"] + (["masks.u8"] if with_masks else [])
-            header = {
-                "format": FORMAT,
-                "count": n,
-                "patch_size": p,
-                "with_masks": with_masks,
-                "fingerprint": table_fingerprint(table),
-                "digests": {name: file_digests(tmp / name) for name in names},
-            }
-            atomic_write_text(tmp / "header.json", json.dumps(header, indent=2))
+            write_header(tmp, table, with_masks)
             if path.exists():
                 shutil.rmtree(path)
             tmp.rename(path)
