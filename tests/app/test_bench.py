@@ -12,20 +12,9 @@ from sassl_core.app.bench import StainArm, expand_arms, mean_std, parse_arm, ren
 from sassl_core.app.bench_cli import SWITCH, add_bench_parser, bench_config, main
 from sassl_core.config import RunConfig
 from sassl_core.errors import UserError
+from tests.fixtures.bench import TINY_BENCH as TINY
 
 NORMALISERS = ["macenko", "meanstd", "reinhard", "vahadane"]
-TINY = {
-    "data": {
-        "image_size": 32,
-        "max_per_slide": 10,
-        "options": {"centres": 3, "slides_per_centre": 2, "slide_size": 384, "regions": 3, "seed": 0},
-    },
-    "ssl": {"options": {"proj_dim": 32, "proj_hidden_dim": 64}},
-    "sassl": {"hidden_dim": 32},
-    "pretrain": {"steps": 2, "batch_size": 8},
-    "finetune": {"steps": 2, "batch_size": 8},
-    "trainer": {"device": "cpu"},
-}
 
 
 def _parse(*argv):

@@ -8,20 +8,8 @@ import json
 import pytest
 import yaml
 
+from tests.fixtures.bench import TINY_BENCH as TINY
 from tests.fixtures.cli_runs import assert_user_error, cli
-
-TINY = {
-    "data": {
-        "image_size": 32,
-        "max_per_slide": 10,
-        "options": {"centres": 3, "slides_per_centre": 2, "slide_size": 384, "regions": 3, "seed": 0},
-    },
-    "ssl": {"options": {"proj_dim": 32, "proj_hidden_dim": 64}},
-    "sassl": {"hidden_dim": 32},
-    "pretrain": {"steps": 2, "batch_size": 8},
-    "finetune": {"steps": 2, "batch_size": 8},
-    "trainer": {"device": "cpu"},
-}
 
 
 @pytest.mark.slow
