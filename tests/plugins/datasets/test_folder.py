@@ -146,6 +146,16 @@ def test_pretrain_and_probe_work_finetuning_is_refused(slides_root, tmp_path):
     assert not (tmp_path / "ft").exists()
 
 
+def test_run_with_a_task_needing_labels_is_refused_before_pretraining(slides_root, tmp_path):
+    out = tmp_path / "run"
+    refused = sassl(
+        "run", "--dataset", "folder", "--data-root", slides_root, "--task", "cls", "--out", out,
+        *TINY_ANY_DATASET, "--set", "data.options={fallback_mpp: 0.5}", check=False,
+    )  # fmt: skip
+    assert_user_error(refused, "task.name: 'cls' learns from labels, but dataset 'folder' has none")
+    assert not out.exists()  # refused before the first stage wrote anything
+
+
 @pytest.mark.slow
 def test_a_labs_real_slides_pretrain_finetune_and_map_from_elsewhere(tmp_path, monkeypatch):
     """The lab's path end to end on three copies of a real Aperio slide in two centre folders:
