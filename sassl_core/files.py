@@ -67,3 +67,15 @@ def remove_stale_temporaries(path: Path) -> None:
     """Delete the temporary files that writes of ``path`` cut short by SIGKILL left behind."""
     for stale in Path(path).parent.glob(f".{Path(path).name}.tmp*"):
         stale.unlink(missing_ok=True)
+
+
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` still runs (another user's counts): the owner of a temporary
+    ``<name>.tmp-<pid>`` or staging folder, which is left alone while it lives."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True

@@ -277,8 +277,9 @@ def cmd_completion(args: argparse.Namespace) -> int:
 
 def cmd_heatmap(args: argparse.Namespace) -> int:
     from sassl_core.app.api import heatmap
+    from sassl_core.wsi.reader import magnification_mpp
 
-    mpp = 10.0 / args.magnification if args.magnification else args.mpp  # 40x = 0.25 µm/px
+    mpp = magnification_mpp(args.magnification) if args.magnification else args.mpp
     if args.out is not None:
         check_out_dir(args.out, "--out")
     written = heatmap(

@@ -75,11 +75,12 @@ def add_tile_parser(sub) -> None:
 
 
 def cmd_tile(args: argparse.Namespace) -> int:
+    from sassl_core.wsi.reader import magnification_mpp
     from sassl_core.wsi.tiling import TileOptions, TilingInterrupted, tile_to_folder
 
     options = TileOptions(
         patch_size=args.patch_size,
-        target_mpp=args.mpp or (10.0 / args.magnification if args.magnification else DEFAULT_MPP),
+        target_mpp=args.mpp or (magnification_mpp(args.magnification) if args.magnification else DEFAULT_MPP),
         magnification=args.magnification,
         fallback_mpp=args.fallback_mpp,
         max_per_slide=args.max_per_slide,

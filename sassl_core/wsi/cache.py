@@ -31,7 +31,7 @@ import numpy as np
 from PIL import Image
 
 from sassl_core.errors import UserError
-from sassl_core.files import atomic_write_text
+from sassl_core.files import atomic_write_text, process_alive
 from sassl_core.wsi.patches import PatchTable
 from sassl_core.wsi.reader import get_reader
 from sassl_core.wsi.tiling import MPP_TOLERANCE
@@ -71,21 +71,11 @@ def write_header(folder: Path, table: PatchTable, with_masks: bool) -> None:
     atomic_write_text(Path(folder) / "header.json", json.dumps(header, indent=2))
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
-
-
 def remove_dead_builds(folder: Path) -> None:
     """Delete the ``<name>.tmp-<pid>`` folders of builds whose process is gone."""
     for entry in Path(folder).glob("*.tmp-*"):
         match = _BUILDING.fullmatch(entry.name)
-        if match and entry.is_dir() and not entry.is_symlink() and not _alive(int(match.group(2))):
+        if match and entry.is_dir() and not entry.is_symlink() and not process_alive(int(match.group(2))):
             shutil.rmtree(entry, ignore_errors=True)
 
 

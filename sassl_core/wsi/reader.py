@@ -214,6 +214,11 @@ def _plausible(mpp: float | None) -> float | None:
     return mpp
 
 
+def magnification_mpp(power: float) -> float:
+    """µm/px of an objective magnification (the usual scanner optics: 40x ≙ 0.25, 20x ≙ 0.5)."""
+    return 10.0 / power
+
+
 def _openslide_mpp(path: Path, props) -> tuple[float | None, str | None]:
     try:
         values = [float(props[k]) for k in (openslide.PROPERTY_NAME_MPP_X, openslide.PROPERTY_NAME_MPP_Y) if k in props]
@@ -228,7 +233,7 @@ def _openslide_mpp(path: Path, props) -> tuple[float | None, str | None]:
     except ValueError:
         power = None
     if power and power > 0:
-        mpp = 10.0 / power
+        mpp = magnification_mpp(power)
         log.warning("%s: no mpp in the file; estimated %.3f µm/px from objective power %gx", path, mpp, power)
         return mpp, "objective-power"
     return None, None

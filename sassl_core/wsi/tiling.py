@@ -33,7 +33,7 @@ from PIL import Image
 
 import sassl_core
 from sassl_core.errors import SasslError, UserError
-from sassl_core.files import atomic_write_text
+from sassl_core.files import atomic_write_text, process_alive
 from sassl_core.wsi.patches import PatchTable
 from sassl_core.wsi.reader import SlideReader, open_slide
 from sassl_core.wsi.tissue import TissueMask, detect_tissue, save_mask, save_overlay
@@ -297,18 +297,8 @@ def _remove_stale_staging(out: Path) -> None:
     """Delete staging folders of ``out`` left by runs whose process is gone (SIGKILL, power loss)."""
     for stale in out.parent.glob(f".{out.name}.partial-*"):
         pid = stale.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and not _alive(int(pid)):
+        if pid.isdigit() and not process_alive(int(pid)):
             shutil.rmtree(stale, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # another user's process
-    return True
 
 
 class _signals_raise:
